@@ -1,0 +1,226 @@
+//! One structured record per request, emitted when the response body has finished (or was cut).
+//!
+//! The default sink writes a `tracing` event (text or JSON, chosen by the binary's subscriber).
+//! An embedder can add its own sink (the simulator records machine decisions into its trace).
+//! The secret header is never part of a record, and the query string is not logged (it may carry
+//! tokens): `path` is the path only.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+
+/// What the proxy saw and decided for one request.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub request_id: String,
+    pub method: String,
+    pub path: String,
+    /// The raw target header, if any (first value).
+    pub target_header: Option<String>,
+    pub target_port: Option<u16>,
+    /// Which grammar rule matched (`port_prefix`, `local_host_port`, `default`).
+    pub target_form: Option<&'static str>,
+    /// The socket address the upstream connection used.
+    pub upstream_addr: Option<SocketAddr>,
+    pub status: u16,
+    /// The proxy's own error code when it refused or failed.
+    pub error: Option<&'static str>,
+    pub upgraded: bool,
+    /// Time to the response head.
+    pub head_duration: Duration,
+    /// Time until the response body finished or was cut.
+    pub duration: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// False when the response body was cut short (client went away, upstream died mid-body).
+    pub completed: bool,
+}
+
+/// A sink for request records.
+pub trait AccessLog: Send + Sync + 'static {
+    fn record(&self, rec: &RequestRecord);
+}
+
+/// Writes each record as one `tracing` info event with structured fields.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct TracingAccessLog;
+
+impl AccessLog for TracingAccessLog {
+    fn record(&self, r: &RequestRecord) {
+        tracing::info!(
+            target: "project_ingress_proxy::access",
+            request_id = %r.request_id,
+            method = %r.method,
+            path = %r.path,
+            target_port = r.target_port.map(u64::from),
+            status = r.status,
+            error = r.error,
+            upgraded = r.upgraded,
+            duration_ms = r.duration.as_secs_f64() * 1000.0,
+            head_ms = r.head_duration.as_secs_f64() * 1000.0,
+            bytes_in = r.bytes_in,
+            bytes_out = r.bytes_out,
+            completed = r.completed,
+            "request"
+        );
+    }
+}
+
+/// Fans a record out to several sinks.
+pub struct Tee(pub Vec<Arc<dyn AccessLog>>);
+
+impl AccessLog for Tee {
+    fn record(&self, rec: &RequestRecord) {
+        for s in &self.0 {
+            s.record(rec);
+        }
+    }
+}
+
+/// Pending record, finished by [`LoggedBody`] when the response ends.
+pub(crate) struct PendingLog {
+    pub(crate) record: RequestRecord,
+    pub(crate) start: Instant,
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) sink: Arc<dyn AccessLog>,
+}
+
+impl PendingLog {
+    fn finish(mut self, completed: bool, bytes_out: u64) {
+        self.record.duration = self.start.elapsed();
+        self.record.bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        self.record.bytes_out = bytes_out;
+        self.record.completed = completed;
+        self.sink.record(&self.record);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Wraps a response body: counts bytes and emits the record at the end, on error, or on drop.
+    pub struct LoggedBody<B> {
+        #[pin]
+        inner: B,
+        bytes: u64,
+        pending: Option<PendingLog>,
+    }
+
+    impl<B> PinnedDrop for LoggedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(p) = this.pending.take() {
+                p.finish(false, *this.bytes);
+            }
+        }
+    }
+}
+
+impl<B> LoggedBody<B> {
+    pub(crate) fn new(inner: B, pending: PendingLog) -> Self {
+        LoggedBody {
+            inner,
+            bytes: 0,
+            pending: Some(pending),
+        }
+    }
+}
+
+impl<B> Body for LoggedBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        let res = this.inner.as_mut().poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    *this.bytes += d.len() as u64;
+                }
+                // hyper stops polling once a known length has been written: the body is complete
+                // as soon as the inner body says so, not only at a final `None`.
+                if this.inner.is_end_stream()
+                    && let Some(p) = this.pending.take()
+                {
+                    p.finish(true, *this.bytes);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(p) = this.pending.take() {
+                    p.finish(false, *this.bytes);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(p) = this.pending.take() {
+                    p.finish(true, *this.bytes);
+                }
+            }
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Counts request body bytes as they are streamed upstream.
+    pub struct CountingBody<B> {
+        #[pin]
+        inner: B,
+        counter: Arc<AtomicU64>,
+    }
+}
+
+impl<B> CountingBody<B> {
+    pub(crate) fn new(inner: B, counter: Arc<AtomicU64>) -> Self {
+        CountingBody { inner, counter }
+    }
+}
+
+impl<B> Body for CountingBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res
+            && let Some(d) = frame.data_ref()
+        {
+            this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

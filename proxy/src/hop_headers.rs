@@ -1,0 +1,139 @@
+//! Hop-by-hop header removal (RFC 9110 §7.6.1), applied in both directions.
+//!
+//! Removed: `Connection` and every header named by any `Connection` line, `Keep-Alive`,
+//! `Proxy-Connection`, `TE` (unless it is exactly a `trailers` request), `Transfer-Encoding`, and
+//! `Upgrade` (unless the caller is forwarding an upgrade). This runs *before* the proxy adds its own
+//! headers, so a client that names `X-Iterate-Proxy-Via` in `Connection` cannot strip it.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const FIXED_HOP_BY_HOP: [&str; 3] = ["keep-alive", "proxy-connection", "transfer-encoding"];
+
+/// Whether the `Connection` header lists `token` (case-insensitive, on any `Connection` line).
+pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, the `Upgrade` header is kept and
+/// `Connection: upgrade` is set again after the removal (used for upgrade requests and 101 responses).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if keep_upgrade && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(&name);
+    }
+    headers.remove(header::CONNECTION);
+    for name in FIXED_HOP_BY_HOP {
+        headers.remove(name);
+    }
+    // TE: only "trailers" may be forwarded (RFC 9110 §10.1.4 allows it end to end for HTTP/1.1 peers).
+    let te_trailers_only = {
+        let mut values = headers.get_all(header::TE).iter().peekable();
+        values.peek().is_some()
+            && values.all(|v| {
+                v.to_str()
+                    .map(|s| {
+                        s.split(',')
+                            .all(|t| t.trim().eq_ignore_ascii_case("trailers"))
+                    })
+                    .unwrap_or(false)
+            })
+    };
+    if te_trailers_only {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    } else {
+        headers.remove(header::TE);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn removes_connection_named_on_every_line() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Foo"),
+            ("connection", "x-bar"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("x-keep", "3"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        assert_eq!(names, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept() {
+        let mut h = map(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        let mut h = map(&[("te", "trailers, deflate")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("te").is_none());
+    }
+
+    #[test]
+    fn upgrade_kept_when_upgrading() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "s"),
+            ("sec-websocket-key", "k"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert!(h.get("x-secret").is_none());
+        assert_eq!(h.get("sec-websocket-key").unwrap(), "k");
+    }
+
+    #[test]
+    fn repeated_end_to_end_headers_survive() {
+        let mut h = map(&[("set-cookie", "a=1"), ("set-cookie", "b=2")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn connection_token_lookup() {
+        let h = map(&[("connection", "keep-alive"), ("connection", "Upgrade")]);
+        assert!(connection_has_token(&h, "upgrade"));
+        assert!(!connection_has_token(&h, "close"));
+    }
+}

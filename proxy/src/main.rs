@@ -1,0 +1,201 @@
+//! `project-ingress-proxy` binary: parses configuration and calls [`proxy::serve`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use proxy::{Limits, ProxyConfig, Secret};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Machine ingress proxy: routes requests carrying `X-Iterate-Proxy-Target-Host` to an app on
+/// this machine's localhost.
+///
+/// Accepted target header forms: `<port>__<hostname>`, `localhost:<port>`, `127.0.0.1:<port>`, or a
+/// bare hostname (port 3000). `GET /health` answers `200 OK`. Log level comes from `RUST_LOG`
+/// (default `info`).
+#[derive(Debug, Parser)]
+#[command(name = "project-ingress-proxy", version, about, long_about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "PROJECT_INGRESS_PROXY_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    listen: SocketAddr,
+
+    /// File holding the shared secret (whitespace trimmed). Takes precedence over
+    /// PROJECT_INGRESS_PROXY_SECRET. When a secret is set, every non-health request must carry it
+    /// in `X-Iterate-Project-Ingress-Secret` or gets 401.
+    #[arg(long, value_name = "PATH")]
+    secret_file: Option<PathBuf>,
+
+    /// How long in-flight requests and WebSockets may run after SIGTERM/SIGINT (e.g. 30s, 500ms).
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+
+    /// Time a client has to send a complete request head.
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
+
+    /// Time allowed to connect to the app on localhost.
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+
+    /// Idle pooled upstream connections are closed after this long (keep it below the apps'
+    /// keep-alive timeout; Node's is 5s).
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_POOL_IDLE_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
+    pool_idle_timeout: Duration,
+
+    /// Largest request head accepted, in bytes.
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_MAX_REQUEST_HEAD_BYTES", default_value_t = 64 * 1024)]
+    max_request_head_bytes: usize,
+
+    /// Header a request id is read from for the access log.
+    #[arg(
+        long,
+        env = "PROJECT_INGRESS_PROXY_REQUEST_ID_HEADER",
+        default_value = "x-request-id"
+    )]
+    request_id_header: http::HeaderName,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "PROJECT_INGRESS_PROXY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+}
+
+/// Parses `30s`, `500ms`, `2m` or a plain number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 500ms, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load_secret(args: &Args) -> anyhow::Result<Option<Secret>> {
+    if let Some(path) = &args.secret_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --secret-file {}", path.display()))?;
+        return match Secret::new(&text) {
+            Some(s) => Ok(Some(s)),
+            None => bail!("--secret-file {} is empty", path.display()),
+        };
+    }
+    match std::env::var("PROJECT_INGRESS_PROXY_SECRET") {
+        Ok(v) => match Secret::new(&v) {
+            Some(s) => Ok(Some(s)),
+            None => bail!("PROJECT_INGRESS_PROXY_SECRET is set but empty"),
+        },
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => bail!("PROJECT_INGRESS_PROXY_SECRET: {e}"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; falling back to ctrl-c");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let secret = load_secret(&args)?;
+    let config = ProxyConfig {
+        secret,
+        drain_timeout: args.drain_timeout,
+        limits: Limits {
+            header_read_timeout: args.header_read_timeout,
+            connect_timeout: args.connect_timeout,
+            pool_idle_timeout: args.pool_idle_timeout,
+            max_request_head_bytes: args.max_request_head_bytes,
+            ..Limits::default()
+        },
+        request_id_header: args.request_id_header.clone(),
+        ..ProxyConfig::default()
+    };
+    tracing::info!(secret = config.secret.is_some(), "configuration loaded");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        proxy::serve(listener, config, shutdown_signal())
+            .await
+            .context("serving")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,122 @@
+//! The accept loop and graceful shutdown: the single entry point the binary and the simulator use.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::config::ProxyConfig;
+use crate::handler::{Shared, handle};
+use crate::localhost::LocalConnector;
+
+/// Serves the proxy on `listener` until `shutdown` resolves, then drains: stops accepting, lets
+/// in-flight requests and tunnels finish for up to `drain_timeout`, closes what is left and
+/// returns `Ok(())`.
+pub async fn serve<F>(listener: TcpListener, config: ProxyConfig, shutdown: F) -> io::Result<()>
+where
+    F: Future<Output = ()>,
+{
+    let local = listener.local_addr()?;
+    let self_port = config.self_port.unwrap_or(local.port());
+    let connector = LocalConnector {
+        localhost: config.localhost.clone(),
+        connect_timeout: config.limits.connect_timeout,
+    };
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.limits.pool_idle_timeout)
+        .pool_max_idle_per_host(config.limits.pool_max_idle_per_port)
+        .pool_timer(TokioTimer::new())
+        .set_host(false)
+        .build(connector);
+    let drain_timeout = config.drain_timeout;
+    let limits = config.limits.clone();
+    let shared = Arc::new(Shared::new(config, self_port, client));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+
+    tracing::info!(listen = %local, self_port, "project-ingress-proxy listening");
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let mut builder = http1::Builder::new();
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .max_buf_size(limits.max_request_head_bytes.max(8192))
+                    .keep_alive(true);
+                let conn = builder
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        service_fn(move |req| handle(shared.clone(), req)),
+                    )
+                    .with_upgrades();
+                let mut stop = stop_rx.clone();
+                conns.spawn(async move {
+                    tokio::pin!(conn);
+                    let res = tokio::select! {
+                        res = conn.as_mut() => res,
+                        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                            // Finish the request in flight, then close; idle connections close now.
+                            conn.as_mut().graceful_shutdown();
+                            conn.as_mut().await
+                        }
+                    };
+                    if let Err(e) = res {
+                        tracing::debug!(%peer, error = %e, "connection ended with error");
+                    }
+                });
+            }
+        }
+    }
+
+    drop(listener);
+    tracing::info!(
+        connections = conns.len(),
+        tunnels = shared.tunnels.active(),
+        drain_timeout_ms = drain_timeout.as_millis() as u64,
+        "shutdown: draining"
+    );
+    let tunnels = shared.tunnels.clone();
+    stop_tx.send_replace(true);
+    let drained = tokio::time::timeout(drain_timeout, async {
+        while conns.join_next().await.is_some() {}
+        tunnels.wait_idle().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            connections = conns.len(),
+            tunnels = tunnels.active(),
+            "drain deadline reached: closing what is left"
+        );
+    }
+    tunnels.cancel_all();
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+    // Cancelled tunnels end at their next poll; wait for them briefly so their sockets are closed
+    // before we return.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tunnels.wait_idle()).await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
