@@ -1,1 +1,24 @@
+//! `ingress-sim`: the ingress chain of the platform, simulated on loopback.
+//!
+//! client → [`edge`] (worker routes) → [`router`] (OS router, V0) → provider transport
+//! ([`providers`]: Docker Engine API + host port, Fly edge, Daytona preview proxy) → [`machine`]
+//! (the real `project-ingress-proxy`) → [`apps`] on the machine's localhost. Every hop records what
+//! it received and decided in the [`trace`].
 
+pub mod apps;
+pub mod client;
+pub mod edge;
+pub mod faults;
+pub mod machine;
+pub mod net;
+pub mod providers;
+pub mod route_pattern;
+pub mod router;
+pub mod runtime;
+pub mod trace;
+pub mod world;
+
+pub use faults::Fault;
+pub use runtime::{Addrs, World};
+pub use trace::{Event, Redactor, TraceStore};
+pub use world::WorldSpec;

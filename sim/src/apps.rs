@@ -1,0 +1,397 @@
+//! Apps listening on a machine's localhost: echo, WebSocket echo, SSE, slow, fixed status,
+//! redirect, two Set-Cookie, large body, reset mid-body. Each is a real HTTP server on its own
+//! loopback port; "down" closes the listener and cuts every connection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+use crate::net::{BoxBody, BoxError, Handler, full, json_response, serve_http, text_response};
+use crate::trace::{AppEvent, Event, TRACE_HEADER, TraceStore, is_hidden_header};
+use crate::world::{AppKind, AppSpec, Bind};
+
+/// Runtime state of one app.
+pub struct App {
+    pub machine: String,
+    pub spec: AppSpec,
+    pub addr: SocketAddr,
+    /// Releases a gated SSE stream.
+    pub gate: Notify,
+    /// Fault: answer every request by dying mid-body.
+    pub reset_mid_body: AtomicBool,
+    stop: std::sync::Mutex<Option<watch::Sender<bool>>>,
+    trace: Arc<TraceStore>,
+}
+
+impl App {
+    pub async fn start(
+        machine: &str,
+        spec: AppSpec,
+        trace: Arc<TraceStore>,
+    ) -> std::io::Result<Arc<App>> {
+        let listener = match spec.bind {
+            Bind::Ipv4 => TcpListener::bind("127.0.0.1:0").await?,
+            Bind::Ipv6 => TcpListener::bind("[::1]:0").await?,
+        };
+        let addr = listener.local_addr()?;
+        let app = Arc::new(App {
+            machine: machine.to_string(),
+            spec,
+            addr,
+            gate: Notify::new(),
+            reset_mid_body: AtomicBool::new(false),
+            stop: std::sync::Mutex::new(None),
+            trace,
+        });
+        app.serve(listener);
+        Ok(app)
+    }
+
+    fn serve(self: &Arc<Self>, listener: TcpListener) {
+        let (tx, rx) = watch::channel(false);
+        if let Ok(mut s) = self.stop.lock() {
+            *s = Some(tx);
+        }
+        let me = self.clone();
+        let handler: Handler = Arc::new(move |req, _peer| {
+            let me = me.clone();
+            Box::pin(async move { me.handle(req).await })
+        });
+        serve_http(listener, handler, rx);
+    }
+
+    /// Stops listening and cuts every connection.
+    pub fn down(&self) {
+        if let Ok(mut s) = self.stop.lock()
+            && let Some(tx) = s.take()
+        {
+            tx.send_replace(true);
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn up(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.stop.lock().map(|s| s.is_some()).unwrap_or(false) {
+            return Ok(());
+        }
+        let listener = TcpListener::bind(self.addr).await?;
+        self.serve(listener);
+        Ok(())
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.stop.lock().map(|s| s.is_some()).unwrap_or(false)
+    }
+
+    /// "localhost:<port>" candidates for this app, with the production rule (v4, then v6).
+    pub fn candidates(&self) -> Vec<SocketAddr> {
+        let p = self.addr.port();
+        vec![
+            SocketAddr::from(([127, 0, 0, 1], p)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, p)),
+        ]
+    }
+
+    fn record(&self, req: &Request<Incoming>, body_bytes: u64) {
+        self.record_parts(req.method(), req.uri(), req.headers(), body_bytes);
+    }
+
+    fn record_parts(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        body_bytes: u64,
+    ) {
+        let Some(id) = headers
+            .get(TRACE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+        else {
+            return;
+        };
+        self.trace.record(
+            &id,
+            Event::App(AppEvent {
+                machine: self.machine.clone(),
+                port: self.spec.port,
+                kind: self.spec.kind.name().to_string(),
+                method: method.to_string(),
+                path_and_query: uri
+                    .path_and_query()
+                    .map(|p| p.as_str().to_string())
+                    .unwrap_or_default(),
+                headers: visible_headers(headers),
+                body_bytes,
+            }),
+        );
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<BoxBody> {
+        if self.reset_mid_body.load(Ordering::Relaxed) {
+            self.record(&req, 0);
+            return reset_mid_body();
+        }
+        match self.spec.kind.clone() {
+            AppKind::Echo => self.echo(req).await,
+            AppKind::Websocket => self.websocket(req),
+            AppKind::Sse {
+                count,
+                interval_ms,
+                gated,
+            } => {
+                self.record(&req, 0);
+                self.sse(count, interval_ms, gated)
+            }
+            AppKind::Slow { delay_ms, stall } => {
+                self.record(&req, 0);
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                text_response(StatusCode::OK, "slow done")
+            }
+            AppKind::Status { status, body } => {
+                self.record(&req, 0);
+                let code =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                text_response(code, &body)
+            }
+            AppKind::Redirect { location, status } => {
+                self.record(&req, 0);
+                let code = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+                let mut r = text_response(code, "");
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r
+            }
+            AppKind::Cookies => {
+                self.record(&req, 0);
+                let mut r = text_response(StatusCode::OK, "cookies");
+                r.headers_mut()
+                    .append(header::SET_COOKIE, HeaderValue::from_static("a=1; Path=/"));
+                r.headers_mut()
+                    .append(header::SET_COOKIE, HeaderValue::from_static("b=2; Path=/"));
+                r
+            }
+            AppKind::Large { bytes } => {
+                self.record(&req, 0);
+                let n = query_param(&req, "bytes")
+                    .and_then(|b| b.parse().ok())
+                    .unwrap_or(bytes);
+                large_body(n)
+            }
+            AppKind::ResetMidBody => {
+                self.record(&req, 0);
+                reset_mid_body()
+            }
+        }
+    }
+
+    async fn echo(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        let (parts, body) = req.into_parts();
+        let mut hasher = Sha256::new();
+        let mut n = 0u64;
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        n += d.len() as u64;
+                        hasher.update(d);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        self.record_parts(&parts.method, &parts.uri, &parts.headers, n);
+        let headers = visible_headers(&parts.headers);
+        let v = serde_json::json!({
+            "app": {"machine": self.machine, "port": self.spec.port, "kind": "echo"},
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "query": parts.uri.query(),
+            "headers": headers,
+            "body": {"bytes": n, "sha256": hex(&hasher.finalize())},
+        });
+        json_response(StatusCode::OK, &v)
+    }
+
+    fn websocket(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
+        self.record(&req, 0);
+        let key = req
+            .headers()
+            .get("sec-websocket-key")
+            .map(|k| k.as_bytes().to_vec());
+        let wants = crate::net::is_upgrade(req.headers())
+            && req
+                .headers()
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+        let Some(key) = key.filter(|_| wants) else {
+            return text_response(
+                StatusCode::UPGRADE_REQUIRED,
+                "websocket app: upgrade required",
+            );
+        };
+        let protocol = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|s| s.trim().to_string());
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on.await else { return };
+            let mut ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            while let Some(Ok(msg)) = ws.next().await {
+                let reply = match msg {
+                    Message::Text(t) => Some(Message::Text(format!("echo:{t}").into())),
+                    Message::Binary(b) => Some(Message::Binary(b)),
+                    // tungstenite answers a close with the same code; reading on flushes it.
+                    _ => None,
+                };
+                if let Some(r) = reply
+                    && ws.send(r).await.is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert("sec-websocket-accept", v);
+        }
+        if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+            h.insert("sec-websocket-protocol", p);
+        }
+        r
+    }
+
+    fn sse(self: &Arc<Self>, count: u32, interval_ms: u64, gated: bool) -> Response<BoxBody> {
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let me = self.clone();
+        tokio::spawn(async move {
+            for i in 1..=count {
+                if i > 1 {
+                    if gated {
+                        me.gate.notified().await;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+                    }
+                }
+                let ev = format!("id: {i}\nevent: tick\ndata: tick {i}\n\n");
+                if tx.send(Ok(Frame::data(Bytes::from(ev)))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut r = Response::new(channel_body(rx));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        r
+    }
+}
+
+fn channel_body(mut rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>) -> BoxBody {
+    StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))).boxed_unsync()
+}
+
+/// Headers as (name, value), sorted by name (stable for snapshots), without correlation headers.
+pub fn visible_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = h
+        .iter()
+        .filter(|(k, _)| !is_hidden_header(k.as_str()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn query_param(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| v.to_string())
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Byte `i` of a large body: `(i * 31 + 7) mod 251`.
+pub fn large_chunk(offset: u64, len: usize) -> Bytes {
+    (0..len as u64)
+        .map(|i| (((offset + i) * 31 + 7) % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+fn large_body(total: u64) -> Response<BoxBody> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+    tokio::spawn(async move {
+        let mut off = 0u64;
+        while off < total {
+            let n = (64 * 1024).min((total - off) as usize);
+            if tx.send(Ok(Frame::data(large_chunk(off, n)))).await.is_err() {
+                return;
+            }
+            off += n as u64;
+        }
+    });
+    let mut r = Response::new(channel_body(rx));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(total));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
+}
+
+/// `Content-Length: 1000`, 10 bytes, then the connection dies.
+fn reset_mid_body() -> Response<BoxBody> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
+    tokio::spawn(async move {
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
+            .await;
+        let _ = tx.send(Err("app died mid-body".into())).await;
+    });
+    let mut r = Response::new(channel_body(rx));
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000"));
+    r
+}

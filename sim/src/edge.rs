@@ -1,0 +1,145 @@
+//! The edge (Cloudflare in production): a request reaches the OS router only when a worker route
+//! from `OS_WORKER_ROUTES` matches its URL (see [`crate::route_pattern`] for our reading of the
+//! matching rules). The public scheme is `https` (TLS is not modelled: the client speaks plain HTTP
+//! to the edge's loopback port, and the `Host` header names the public hostname).
+//!
+//! No route → `404 {"error":"edge_no_route","details":{"hostname":…,"path":…}}`: in production
+//! such a request would go to the zone's origin, which this world does not have.
+//!
+//! Forwarded to the router: method, path, body and headers (hop-by-hop removed, upgrades kept),
+//! plus the headers Cloudflare adds: `CF-Connecting-IP`, `CF-IPCountry`, `CF-Ray`, `CF-Visitor`,
+//! `X-Forwarded-For`, `X-Forwarded-Proto`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+
+use crate::net::{BoxBody, OnEnd, boxed, is_upgrade, json_response, relay_response};
+use crate::route_pattern::{RoutePattern, best_match};
+use crate::runtime::WorldState;
+use crate::trace::{EdgeEvent, Event, TRACE_HEADER};
+
+pub async fn handle(
+    state: Arc<WorldState>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<BoxBody> {
+    let id = req
+        .headers()
+        .get(TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64)
+        .map(str::to_string)
+        .unwrap_or_else(|| state.trace.next_id());
+    let host_header = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let host = crate::router::hostname::request_hostname(&host_header);
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let url = format!("https://{host}{pq}");
+    let mut ev = EdgeEvent {
+        method: req.method().to_string(),
+        url: url.clone(),
+        route: None,
+        decision: String::new(),
+        added_headers: vec![],
+    };
+    let routes = state.routes();
+    let resp = match best_match(&routes, "https", &host, &pq).map(|r: &RoutePattern| r.raw.clone())
+    {
+        None => {
+            ev.decision = "refused: edge_no_route (no worker route matches)".into();
+            let path = req.uri().path().to_string();
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "edge_no_route", "details": {"hostname": host, "path": path}}),
+            )
+        }
+        Some(route) => {
+            ev.route = Some(route);
+            let client_ip = peer.ip().to_string();
+            let added = vec![
+                ("cf-connecting-ip".to_string(), client_ip.clone()),
+                ("cf-ipcountry".to_string(), "XX".to_string()),
+                ("cf-ray".to_string(), format!("{id}-SIM")),
+                (
+                    "cf-visitor".to_string(),
+                    "{\"scheme\":\"https\"}".to_string(),
+                ),
+                ("x-forwarded-for".to_string(), client_ip),
+                ("x-forwarded-proto".to_string(), "https".to_string()),
+            ];
+            let upgrade = is_upgrade(req.headers());
+            let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+            let (mut parts, body) = req.into_parts();
+            proxy::hop_headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+            for (k, v) in &added {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    parts.headers.insert(k, v);
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                parts.headers.insert(TRACE_HEADER, v);
+            }
+            ev.added_headers = added;
+            let router = state.router_addr();
+            match format!("http://{router}{pq}").parse::<Uri>() {
+                Ok(u) => parts.uri = u,
+                Err(_) => {
+                    ev.decision = "refused: bad request target".into();
+                    state.trace.record(&id, Event::Edge(ev));
+                    state.trace.finish(&id);
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": "bad_request"}),
+                    );
+                }
+            }
+            match state
+                .net
+                .send(Request::from_parts(parts, boxed(body)))
+                .await
+            {
+                Ok(r) => {
+                    ev.decision = "forwarded to the OS router".into();
+                    relay_response(r, client_upgrade)
+                }
+                Err(e) => {
+                    ev.decision = format!("OS router unreachable: {e}");
+                    json_response(
+                        StatusCode::BAD_GATEWAY,
+                        &json!({"error": "edge_origin_unreachable"}),
+                    )
+                }
+            }
+        }
+    };
+    state.trace.record(&id, Event::Edge(ev));
+    let (mut parts, body) = resp.into_parts();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        parts.headers.insert(TRACE_HEADER, v);
+    }
+    let st = state.clone();
+    let done_id = id.clone();
+    let body = OnEnd::new(body, move || st.trace.finish(&done_id)).boxed_unsync();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // The exchange continues in the tunnel; the request is finished for tracing.
+        state.trace.finish(&id);
+    }
+    Response::from_parts(parts, body)
+}

@@ -1,0 +1,336 @@
+//! The "sim network" and the HTTP client every simulated hop uses.
+//!
+//! Production hostnames (`<app>.fly.dev`, `8080-<id>.proxy.daytona.works`, the Docker engine) map
+//! to loopback addresses here, so the OS router builds the same URLs as production. TLS is not
+//! modelled: an `https://` URL is carried over plain HTTP to the mapped loopback address (the URL,
+//! scheme included, is what traces show).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(b: impl Into<Bytes>) -> BoxBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+pub fn boxed(b: Incoming) -> BoxBody {
+    b.map_err(Into::into).boxed_unsync()
+}
+
+/// A JSON response with an explicit length.
+pub fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<BoxBody> {
+    let body = v.to_string();
+    let mut r = Response::new(full(body.clone()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    r
+}
+
+pub fn text_response(status: StatusCode, text: &str) -> Response<BoxBody> {
+    let mut r = Response::new(full(text.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[derive(Debug, Clone)]
+enum Name {
+    Exact(String),
+    /// Matches `*.suffix` (suffix stored with its leading dot).
+    Suffix(String),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    name: Name,
+    addr: SocketAddr,
+    refused: bool,
+}
+
+/// Maps production hostnames to loopback addresses.
+#[derive(Debug, Default)]
+pub struct SimNetwork {
+    entries: RwLock<Vec<Entry>>,
+}
+
+/// Why a name did not give a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("getaddrinfo ENOTFOUND {0}")]
+    NotFound(String),
+    #[error("connect ECONNREFUSED {0}")]
+    Refused(String),
+    #[error("connect {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("fetch failed: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("invalid url: {0}")]
+    Url(String),
+}
+
+impl SimNetwork {
+    pub fn add_exact(&self, name: &str, addr: SocketAddr) {
+        if let Ok(mut e) = self.entries.write() {
+            e.push(Entry {
+                name: Name::Exact(name.to_ascii_lowercase()),
+                addr,
+                refused: false,
+            });
+        }
+    }
+
+    /// `suffix` like `fly.dev` maps every `*.fly.dev`.
+    pub fn add_suffix(&self, suffix: &str, addr: SocketAddr) {
+        if let Ok(mut e) = self.entries.write() {
+            e.push(Entry {
+                name: Name::Suffix(format!(".{}", suffix.to_ascii_lowercase())),
+                addr,
+                refused: false,
+            });
+        }
+    }
+
+    /// Makes connections to `addr` (by any name) refused, or lets them through again.
+    pub fn set_refused(&self, addr: SocketAddr, refused: bool) {
+        if let Ok(mut es) = self.entries.write() {
+            for e in es.iter_mut().filter(|e| e.addr == addr) {
+                e.refused = refused;
+            }
+        }
+    }
+
+    /// Resolves a host (a name or an IP literal) and port to a socket address.
+    pub fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, NetError> {
+        let h = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = h.parse::<std::net::IpAddr>() {
+            let addr = SocketAddr::new(ip, port);
+            let refused = self
+                .entries
+                .read()
+                .map(|es| es.iter().any(|e| e.addr == addr && e.refused))
+                .unwrap_or(false);
+            return if refused {
+                Err(NetError::Refused(addr.to_string()))
+            } else {
+                Ok(addr)
+            };
+        }
+        let lower = h.to_ascii_lowercase();
+        let es = self
+            .entries
+            .read()
+            .map_err(|_| NetError::NotFound(lower.clone()))?;
+        let hit = es.iter().find(|e| match &e.name {
+            Name::Exact(n) => *n == lower,
+            Name::Suffix(s) => lower.ends_with(s.as_str()) && lower.len() > s.len(),
+        });
+        match hit {
+            Some(e) if e.refused => Err(NetError::Refused(format!("{lower}:{port}"))),
+            Some(e) => Ok(e.addr),
+            None => Err(NetError::NotFound(lower)),
+        }
+    }
+
+    /// Opens a connection for an absolute URL.
+    pub async fn connect(&self, uri: &Uri) -> Result<TcpStream, NetError> {
+        let host = uri.host().ok_or_else(|| NetError::Url(uri.to_string()))?;
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        let addr = self.resolve(host, port)?;
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                Ok(s)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Err(NetError::Refused(addr.to_string()))
+            }
+            Err(e) => Err(NetError::Connect(addr.to_string(), e)),
+        }
+    }
+
+    /// Sends one request (absolute URI) on a fresh connection with upgrades enabled. Sets `Host`
+    /// from the URL when absent (as fetch does) and sends the origin-form target.
+    pub async fn send(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, NetError> {
+        let uri = req.uri().clone();
+        let stream = self.connect(&uri).await?;
+        if !req.headers().contains_key(header::HOST)
+            && let Some(auth) = uri.authority()
+            && let Ok(v) = HeaderValue::from_str(auth.as_str())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        *req.uri_mut() = uri
+            .path_and_query()
+            .map(|pq| Uri::from(pq.clone()))
+            .unwrap_or_else(|| Uri::from_static("/"));
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender.send_request(req).await?)
+    }
+}
+
+/// Whether a request asks for a protocol upgrade.
+pub fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && proxy::hop_headers::connection_has_token(headers, "upgrade")
+}
+
+/// Joins two upgraded connections with a byte tunnel.
+pub fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        if let Ok((c, u)) = tokio::try_join!(client, upstream) {
+            let mut c = TokioIo::new(c);
+            let mut u = TokioIo::new(u);
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        }
+    });
+}
+
+/// Forwards an upstream response to the client. For a `101`, the tunnel is spawned between the
+/// client's pending upgrade and the upstream's.
+pub fn relay_response(
+    mut upstream: Response<Incoming>,
+    client_upgrade: Option<OnUpgrade>,
+) -> Response<BoxBody> {
+    if upstream.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client) = client_upgrade
+    {
+        let up = hyper::upgrade::on(&mut upstream);
+        spawn_tunnel(client, up);
+        let (parts, _) = upstream.into_parts();
+        return Response::from_parts(parts, full(Bytes::new()));
+    }
+    upstream.map(boxed)
+}
+
+pin_project_lite::pin_project! {
+    /// Calls `on_end` once when the body ends, fails, or is dropped.
+    pub struct OnEnd<B, F: FnOnce()> {
+        #[pin]
+        inner: B,
+        on_end: Option<F>,
+    }
+
+    impl<B, F: FnOnce()> PinnedDrop for OnEnd<B, F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(f) = this.project().on_end.take() {
+                f();
+            }
+        }
+    }
+}
+
+impl<B, F: FnOnce()> OnEnd<B, F> {
+    pub fn new(inner: B, on_end: F) -> Self {
+        OnEnd {
+            inner,
+            on_end: Some(on_end),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>, F: FnOnce()> Body for OnEnd<B, F> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let res = this.inner.as_mut().poll_frame(cx);
+        let ended = match &res {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended && let Some(f) = this.on_end.take() {
+            f();
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request handler for [`serve_http`].
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>, SocketAddr) -> Pin<Box<dyn Future<Output = Response<BoxBody>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Serves HTTP/1.1 (with upgrades) on `listener` until `stop` turns true; then every connection is
+/// closed at once (a simulated server that goes away does not drain).
+pub fn serve_http(listener: TcpListener, handler: Handler, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                acc = listener.accept() => {
+                    let Ok((stream, peer)) = acc else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let h = handler.clone();
+                    conns.spawn(async move {
+                        let svc = service_fn(move |req| {
+                            let h = h.clone();
+                            async move { Ok::<_, Infallible>(h(req, peer).await) }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .with_upgrades()
+                            .await;
+                    });
+                }
+            }
+        }
+        drop(listener);
+        conns.abort_all();
+    });
+}
+
+/// Binds an ephemeral port on 127.0.0.1.
+pub async fn bind_local() -> std::io::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
+}

@@ -1,0 +1,132 @@
+//! The fake Fly edge: `https://<app>.fly.dev` → the app's one machine, port 8080 (the app's
+//! services map 80/443 to internal 8080). One app per machine; the app name is the sanitized
+//! external id.
+//!
+//! Modelled behaviour (documented in README "The simulated world"):
+//! - unknown app → `404` (empty body), as the edge has no route for the host;
+//! - machine not running (platform state `stopped`/`archived`, no autostart) → `503` (fly-proxy
+//!   error PR04, no healthy candidate);
+//! - machine's 8080 refuses → `502` (fly-proxy error PC01);
+//! - otherwise forwarded with the headers Fly's edge adds: `Fly-Client-IP`, `Fly-Forwarded-Port`,
+//!   `Fly-Region`, `Fly-Request-Id`, `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Port`,
+//!   `X-Forwarded-Ssl`, `Via`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::{forward_to_machine, refuse, trace_id};
+use crate::net::{BoxBody, text_response};
+use crate::runtime::WorldState;
+use crate::world::{MachineState, ProviderKind};
+
+/// `FLY_BASE_DOMAIN`.
+pub const FLY_BASE_DOMAIN: &str = "fly.dev";
+
+/// Fly app names: lowercase letters, digits and dashes.
+pub fn sanitize_app_name(external_id: &str) -> String {
+    external_id
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+pub async fn edge_handle(
+    state: Arc<WorldState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<BoxBody> {
+    if let Some(delay) = state.provider_delay(ProviderKind::Fly) {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(code) = state.provider_status(ProviderKind::Fly) {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return refuse(
+            &state,
+            "fly",
+            &req,
+            format!("edge fault: answers {code}"),
+            text_response(status, ""),
+        );
+    }
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let host = host.split(':').next().unwrap_or("").to_string();
+    let app = host
+        .strip_suffix(&format!(".{FLY_BASE_DOMAIN}"))
+        .unwrap_or("")
+        .to_string();
+    let Some(machine) = state.fly_machine_by_app(&app) else {
+        return refuse(
+            &state,
+            "fly",
+            &req,
+            format!("no app {app:?} on this edge"),
+            text_response(StatusCode::NOT_FOUND, ""),
+        );
+    };
+    let mstate = state.machine_state(&machine.spec.id);
+    if matches!(
+        mstate,
+        Some(MachineState::Stopped) | Some(MachineState::Archived)
+    ) {
+        return refuse(
+            &state,
+            "fly",
+            &req,
+            format!(
+                "app {app}: machine {} is not running (PR04: no healthy candidate)",
+                machine.spec.id
+            ),
+            text_response(StatusCode::SERVICE_UNAVAILABLE, ""),
+        );
+    }
+    let region = machine
+        .spec
+        .metadata
+        .region
+        .clone()
+        .unwrap_or_else(|| "iad".into());
+    let client_ip = peer.ip().to_string();
+    let request_id = format!(
+        "sim-{}-{region}",
+        trace_id(&req).unwrap_or_else(|| "untraced".into())
+    );
+    let added = vec![
+        ("fly-client-ip".to_string(), client_ip.clone()),
+        ("fly-forwarded-port".to_string(), "443".to_string()),
+        ("fly-region".to_string(), region),
+        ("fly-request-id".to_string(), request_id),
+        ("x-forwarded-for".to_string(), client_ip),
+        ("x-forwarded-proto".to_string(), "https".to_string()),
+        ("x-forwarded-port".to_string(), "443".to_string()),
+        ("x-forwarded-ssl".to_string(), "on".to_string()),
+        ("via".to_string(), "1.1 fly.io".to_string()),
+    ];
+    let decision = format!("app {app} → machine {} port 8080", machine.spec.id);
+    forward_to_machine(&state, "fly", req, machine.proxy_addr, added, decision).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_names() {
+        assert_eq!(sanitize_app_name("Dev_Sandbox.1"), "dev-sandbox-1");
+        assert_eq!(sanitize_app_name("prd-mach-1"), "prd-mach-1");
+    }
+}

@@ -1,0 +1,426 @@
+//! A running world: every hop a real HTTP server on an ephemeral loopback port.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::faults::Fault;
+use crate::machine::Machine;
+use crate::net::{Handler, SimNetwork, bind_local, serve_http};
+use crate::providers::daytona::DAYTONA_PROXY_DOMAIN;
+use crate::providers::docker::{ENGINE_HOST, EngineEndpoint};
+use crate::providers::fly::{FLY_BASE_DOMAIN, sanitize_app_name};
+use crate::route_pattern::RoutePattern;
+use crate::trace::{Redactor, TraceStore};
+use crate::world::{MachineState, ProviderKind, WorldSpec};
+
+#[derive(Default)]
+struct FaultState {
+    provider_status: HashMap<ProviderKind, u16>,
+    provider_delay: HashMap<ProviderKind, u64>,
+    provider_refused: HashSet<ProviderKind>,
+    docker_unmapped: HashSet<String>,
+}
+
+/// Addresses of the world's hops.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub edge: SocketAddr,
+    pub router: SocketAddr,
+    pub docker_engine: SocketAddr,
+    pub fly_edge: SocketAddr,
+    pub daytona_proxy: SocketAddr,
+}
+
+/// State every hop reads.
+pub struct WorldState {
+    pub spec: WorldSpec,
+    pub net: SimNetwork,
+    pub trace: Arc<TraceStore>,
+    pub engine: EngineEndpoint,
+    machines: BTreeMap<String, Arc<Machine>>,
+    states: RwLock<HashMap<String, MachineState>>,
+    faults: RwLock<FaultState>,
+    routes: Vec<RoutePattern>,
+    addrs: RwLock<Option<Addrs>>,
+}
+
+impl WorldState {
+    pub fn routes(&self) -> Vec<RoutePattern> {
+        self.routes.clone()
+    }
+
+    pub fn router_addr(&self) -> SocketAddr {
+        self.addrs
+            .read()
+            .ok()
+            .and_then(|a| a.map(|a| a.router))
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)))
+    }
+
+    pub fn machine(&self, id: &str) -> Option<Arc<Machine>> {
+        self.machines.get(id).cloned()
+    }
+
+    /// Machines in world-file order (the order "first active machine" uses).
+    pub fn machines_in_order(&self) -> Vec<Arc<Machine>> {
+        self.spec
+            .machines
+            .iter()
+            .filter_map(|m| self.machines.get(&m.id).cloned())
+            .collect()
+    }
+
+    pub fn machine_state(&self, id: &str) -> Option<MachineState> {
+        self.states.read().ok()?.get(id).copied()
+    }
+
+    pub fn provider_status(&self, p: ProviderKind) -> Option<u16> {
+        self.faults.read().ok()?.provider_status.get(&p).copied()
+    }
+
+    pub fn provider_delay(&self, p: ProviderKind) -> Option<Duration> {
+        self.faults
+            .read()
+            .ok()?
+            .provider_delay
+            .get(&p)
+            .map(|ms| Duration::from_millis(*ms))
+    }
+
+    pub fn docker_unmapped(&self, machine: &str) -> bool {
+        self.faults
+            .read()
+            .map(|f| f.docker_unmapped.contains(machine))
+            .unwrap_or(false)
+    }
+
+    pub fn docker_machine_by_ref(&self, container: &str) -> Option<Arc<Machine>> {
+        self.machines_in_order().into_iter().find(|m| {
+            m.spec.provider == ProviderKind::Docker
+                && m.spec
+                    .metadata
+                    .container_ref
+                    .as_deref()
+                    .or(m.spec.external_id.as_deref())
+                    == Some(container)
+        })
+    }
+
+    pub fn fly_machine_by_app(&self, app: &str) -> Option<Arc<Machine>> {
+        self.machines_in_order().into_iter().find(|m| {
+            m.spec.provider == ProviderKind::Fly
+                && m.spec
+                    .external_id
+                    .as_deref()
+                    .map(sanitize_app_name)
+                    .as_deref()
+                    == Some(app)
+        })
+    }
+
+    pub fn daytona_machine_by_sandbox(&self, sandbox: &str) -> Option<Arc<Machine>> {
+        self.machines_in_order().into_iter().find(|m| {
+            m.spec.provider == ProviderKind::Daytona
+                && m.spec
+                    .metadata
+                    .sandbox_id
+                    .as_deref()
+                    .or(m.spec.external_id.as_deref())
+                    == Some(sandbox)
+        })
+    }
+
+    fn provider_addr(&self, p: ProviderKind) -> Option<SocketAddr> {
+        let a = (*self.addrs.read().ok()?)?;
+        Some(match p {
+            ProviderKind::Docker => a.docker_engine,
+            ProviderKind::Fly => a.fly_edge,
+            ProviderKind::Daytona => a.daytona_proxy,
+        })
+    }
+}
+
+/// Why a world did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("world {world:?}: OS_WORKER_ROUTES: {source}")]
+    Routes {
+        world: String,
+        #[source]
+        source: crate::route_pattern::PatternError,
+    },
+    #[error("world {world:?}: cannot bind a loopback port: {source}")]
+    Bind {
+        world: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why a fault could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("fault names unknown machine {0:?}")]
+    UnknownMachine(String),
+    #[error("fault names unknown app {machine}:{port}")]
+    UnknownApp { machine: String, port: u16 },
+    #[error("app {machine}:{port} cannot listen again: {source}")]
+    AppUp {
+        machine: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running world.
+pub struct World {
+    pub state: Arc<WorldState>,
+    pub addrs: Addrs,
+    stops: Vec<watch::Sender<bool>>,
+}
+
+impl World {
+    /// Starts every hop, machine and app of `spec`, then applies the world's own faults.
+    pub async fn start(spec: WorldSpec) -> Result<World, StartError> {
+        Self::start_with(spec, EngineEndpoint::Sim).await
+    }
+
+    pub async fn start_with(spec: WorldSpec, engine: EngineEndpoint) -> Result<World, StartError> {
+        let world = spec.name.clone();
+        let routes = RoutePattern::parse_list(&spec.env.os_worker_routes).map_err(|source| {
+            StartError::Routes {
+                world: world.clone(),
+                source,
+            }
+        })?;
+        let bind_err = |source| StartError::Bind {
+            world: world.clone(),
+            source,
+        };
+        let trace = Arc::new(TraceStore::default());
+        let mut machines = BTreeMap::new();
+        let mut states = HashMap::new();
+        for m in &spec.machines {
+            let machine = Machine::start(m.clone(), trace.clone())
+                .await
+                .map_err(bind_err)?;
+            machines.insert(m.id.clone(), machine);
+            states.insert(m.id.clone(), m.state);
+        }
+        let initial_faults = spec.faults.clone();
+        let state = Arc::new(WorldState {
+            spec,
+            net: SimNetwork::default(),
+            trace,
+            engine,
+            machines,
+            states: RwLock::new(states),
+            faults: RwLock::new(FaultState::default()),
+            routes,
+            addrs: RwLock::new(None),
+        });
+        let mut stops = Vec::new();
+        let mut start = |l: tokio::net::TcpListener, h: Handler| {
+            let (tx, rx) = watch::channel(false);
+            serve_http(l, h, rx);
+            stops.push(tx);
+        };
+        let (l_edge, edge) = bind_local().await.map_err(bind_err)?;
+        let (l_router, router) = bind_local().await.map_err(bind_err)?;
+        let (l_engine, docker_engine) = bind_local().await.map_err(bind_err)?;
+        let (l_fly, fly_edge) = bind_local().await.map_err(bind_err)?;
+        let (l_day, daytona_proxy) = bind_local().await.map_err(bind_err)?;
+        let s = state.clone();
+        start(
+            l_edge,
+            Arc::new(move |req, peer| Box::pin(crate::edge::handle(s.clone(), req, peer))),
+        );
+        let s = state.clone();
+        start(
+            l_router,
+            Arc::new(move |req, peer| Box::pin(crate::router::handle(s.clone(), req, peer))),
+        );
+        let s = state.clone();
+        start(
+            l_engine,
+            Arc::new(move |req, _| {
+                Box::pin(crate::providers::docker::engine_handle(s.clone(), req))
+            }),
+        );
+        let s = state.clone();
+        start(
+            l_fly,
+            Arc::new(move |req, peer| {
+                Box::pin(crate::providers::fly::edge_handle(s.clone(), req, peer))
+            }),
+        );
+        let s = state.clone();
+        start(
+            l_day,
+            Arc::new(move |req, peer| {
+                Box::pin(crate::providers::daytona::proxy_handle(
+                    s.clone(),
+                    req,
+                    peer,
+                ))
+            }),
+        );
+        state.net.add_exact(ENGINE_HOST, docker_engine);
+        state.net.add_suffix(FLY_BASE_DOMAIN, fly_edge);
+        state.net.add_suffix(DAYTONA_PROXY_DOMAIN, daytona_proxy);
+        let addrs = Addrs {
+            edge,
+            router,
+            docker_engine,
+            fly_edge,
+            daytona_proxy,
+        };
+        if let Ok(mut a) = state.addrs.write() {
+            *a = Some(addrs);
+        }
+        let w = World {
+            state,
+            addrs,
+            stops,
+        };
+        for f in &initial_faults {
+            // World files are validated; a fault naming an unknown machine is reported at start.
+            if let Err(e) = w.apply_fault(f).await {
+                tracing::warn!(error = %e, "world fault not applied");
+            }
+        }
+        Ok(w)
+    }
+
+    pub fn trace(&self) -> &Arc<TraceStore> {
+        &self.state.trace
+    }
+
+    pub fn machine(&self, id: &str) -> Option<Arc<Machine>> {
+        self.state.machine(id)
+    }
+
+    /// Applies a fault; it holds until undone by another fault or the world stops.
+    pub async fn apply_fault(&self, f: &Fault) -> Result<(), FaultError> {
+        let st = &self.state;
+        let machine = |id: &str| {
+            st.machine(id)
+                .ok_or_else(|| FaultError::UnknownMachine(id.into()))
+        };
+        let app = |id: &str, port: u16| {
+            machine(id)?
+                .app(port)
+                .cloned()
+                .ok_or_else(|| FaultError::UnknownApp {
+                    machine: id.into(),
+                    port,
+                })
+        };
+        match f {
+            Fault::ProviderRefuses { provider } => {
+                if let Ok(mut fs) = st.faults.write() {
+                    fs.provider_refused.insert(*provider);
+                }
+                if let Some(a) = st.provider_addr(*provider) {
+                    st.net.set_refused(a, true);
+                }
+            }
+            Fault::ProviderStatus { provider, status } => {
+                if let Ok(mut fs) = st.faults.write() {
+                    fs.provider_status.insert(*provider, *status);
+                }
+            }
+            Fault::ProviderSlow { provider, delay_ms } => {
+                if let Ok(mut fs) = st.faults.write() {
+                    fs.provider_delay.insert(*provider, *delay_ms);
+                }
+            }
+            Fault::ProviderHealthy { provider } => {
+                if let Ok(mut fs) = st.faults.write() {
+                    fs.provider_status.remove(provider);
+                    fs.provider_delay.remove(provider);
+                    fs.provider_refused.remove(provider);
+                }
+                if let Some(a) = st.provider_addr(*provider) {
+                    st.net.set_refused(a, false);
+                }
+            }
+            Fault::DockerNoPortMapping { machine: id } => {
+                machine(id)?;
+                if let Ok(mut fs) = st.faults.write() {
+                    fs.docker_unmapped.insert(id.clone());
+                }
+            }
+            Fault::MachineState { machine: id, state } => {
+                machine(id)?;
+                if let Ok(mut s) = st.states.write() {
+                    s.insert(id.clone(), *state);
+                }
+            }
+            Fault::MachineProxyDown { machine: id } => machine(id)?.proxy_down().await,
+            Fault::AppDown { machine: id, port } => app(id, *port)?.down(),
+            Fault::AppUp { machine: id, port } => {
+                let a = app(id, *port)?;
+                a.reset_mid_body
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                a.up().await.map_err(|source| FaultError::AppUp {
+                    machine: id.clone(),
+                    port: *port,
+                    source,
+                })?;
+            }
+            Fault::AppResetMidBody { machine: id, port } => {
+                app(id, *port)?
+                    .reset_mid_body
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases a gated SSE app.
+    pub fn release(&self, machine: &str, port: u16) -> bool {
+        match self.machine(machine).and_then(|m| m.app(port).cloned()) {
+            Some(app) => {
+                app.gate.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ephemeral ports → stable tokens, for snapshots.
+    pub fn redactor(&self) -> Redactor {
+        let mut r = Redactor::default();
+        r.add_port(self.addrs.edge.port(), "edge");
+        r.add_port(self.addrs.router.port(), "os-router");
+        r.add_port(self.addrs.docker_engine.port(), "docker-engine");
+        r.add_port(self.addrs.fly_edge.port(), "fly-edge");
+        r.add_port(self.addrs.daytona_proxy.port(), "daytona-proxy");
+        for m in self.state.machines_in_order() {
+            r.add_port(m.proxy_addr.port(), format!("{}:8080", m.spec.id));
+            for (p, a) in &m.apps {
+                r.add_port(a.addr.port(), format!("{}:app{}", m.spec.id, p));
+            }
+        }
+        r
+    }
+
+    /// Stops every hop, machine proxy and app.
+    pub async fn shutdown(self) {
+        for s in &self.stops {
+            s.send_replace(true);
+        }
+        for m in self.state.machines_in_order() {
+            m.proxy_down().await;
+            for a in m.apps.values() {
+                a.down();
+            }
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The hop trace: what every hop received and decided, keyed per request.
+//!
+//! Correlation: the edge gives every request an id and sends it down the chain in
+//! [`TRACE_HEADER`] (the one header the simulator adds on every hop, like a `traceparent`). Hops
+//! record events under that id; the header itself is never shown in a trace. A direct request to a
+//! machine may carry its own id.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::router::hostname::ParsedTarget;
+
+/// The correlation header.
+pub const TRACE_HEADER: &str = "x-sim-trace-id";
+
+/// Headers a trace never shows (correlation only).
+pub fn is_hidden_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case(TRACE_HEADER)
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EdgeEvent {
+    pub method: String,
+    pub url: String,
+    /// The worker route that matched, if any.
+    pub route: Option<String>,
+    pub decision: String,
+    /// Headers the edge added towards the OS router.
+    pub added_headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MachineRef {
+    pub id: String,
+    pub project: String,
+    pub state: String,
+    pub provider: String,
+    pub external_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RouterEvent {
+    pub generation: String,
+    pub hostname: String,
+    pub host_source: String,
+    /// The host matcher that matched (first in configuration order), if any.
+    pub matched: Option<String>,
+    pub parsed: Option<ParsedTarget>,
+    pub machine: Option<MachineRef>,
+    pub provider_url: Option<String>,
+    pub target_header: Option<String>,
+    /// Names of the request headers forwarded (sorted), without the target header.
+    pub forwarded_headers: Vec<String>,
+    pub websocket: bool,
+    /// Redirects followed inside the router (fetch's default `redirect: "follow"`, O4).
+    pub redirects_followed: Vec<String>,
+    pub outcome: String,
+    pub status: u16,
+    /// Response headers dropped or collapsed by the router (e.g. repeated Set-Cookie in V0, B7).
+    pub response_header_notes: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProviderEvent {
+    pub provider: String,
+    pub request: String,
+    pub decision: String,
+    pub added_headers: Vec<(String, String)>,
+    pub status: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MachineEvent {
+    pub machine: String,
+    pub method: String,
+    pub path: String,
+    pub target_header: Option<String>,
+    pub target_port: Option<u16>,
+    pub target_form: Option<String>,
+    pub upstream: Option<String>,
+    pub status: u16,
+    pub error: Option<String>,
+    pub upgraded: bool,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub completed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AppEvent {
+    pub machine: String,
+    pub port: u16,
+    pub kind: String,
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    pub body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "hop", rename_all = "snake_case")]
+pub enum Event {
+    Edge(EdgeEvent),
+    Router(Box<RouterEvent>),
+    Provider(ProviderEvent),
+    Machine(MachineEvent),
+    App(AppEvent),
+}
+
+impl Event {
+    pub fn hop(&self) -> &'static str {
+        match self {
+            Event::Edge(_) => "edge",
+            Event::Router(_) => "router",
+            Event::Provider(_) => "provider",
+            Event::Machine(_) => "machine",
+            Event::App(_) => "app",
+        }
+    }
+
+    /// One line for logs.
+    pub fn summary(&self) -> String {
+        match self {
+            Event::Edge(e) => format!(
+                "{} {} route={} → {}",
+                e.method,
+                e.url,
+                e.route.as_deref().unwrap_or("-"),
+                e.decision
+            ),
+            Event::Router(r) => format!(
+                "host={} matched={} target={} machine={} url={} header={} → {} {}",
+                r.hostname,
+                r.matched.as_deref().unwrap_or("-"),
+                r.parsed
+                    .as_ref()
+                    .map(|p| format!("{:?}:{}:{}", p.kind, p.id, p.target_port))
+                    .unwrap_or_else(|| "-".into()),
+                r.machine
+                    .as_ref()
+                    .map(|m| format!("{}({})", m.id, m.state))
+                    .unwrap_or_else(|| "-".into()),
+                r.provider_url.as_deref().unwrap_or("-"),
+                r.target_header.as_deref().unwrap_or("-"),
+                r.status,
+                r.outcome
+            ),
+            Event::Provider(p) => format!("{} {} → {}", p.provider, p.request, p.decision),
+            Event::Machine(m) => format!(
+                "{} {} {} target={} port={} → {}{}",
+                m.machine,
+                m.method,
+                m.path,
+                m.target_header.as_deref().unwrap_or("-"),
+                m.target_port
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                m.status,
+                m.error
+                    .as_ref()
+                    .map(|e| format!(" {e}"))
+                    .unwrap_or_default()
+            ),
+            Event::App(a) => format!(
+                "{}:{} ({}) {} {}",
+                a.machine, a.port, a.kind, a.method, a.path_and_query
+            ),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    events: HashMap<String, Vec<Event>>,
+    done: HashMap<String, bool>,
+}
+
+/// All events of a world, per request id.
+#[derive(Default)]
+pub struct TraceStore {
+    inner: Mutex<Inner>,
+    changed: Notify,
+    next: std::sync::atomic::AtomicU64,
+    /// Log every event as one line (for `ingress-sim up`).
+    pub log_events: std::sync::atomic::AtomicBool,
+}
+
+impl TraceStore {
+    /// A fresh request id: `r1`, `r2`, ...
+    pub fn next_id(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        format!("r{n}")
+    }
+
+    pub fn record(&self, id: &str, ev: Event) {
+        if self.log_events.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(target: "ingress_sim::hop", "[{id}] {:<8} {}", ev.hop(), ev.summary());
+        }
+        if let Ok(mut g) = self.inner.lock() {
+            g.events.entry(id.to_string()).or_default().push(ev);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Marks the request finished at the edge (response body complete or cut).
+    pub fn finish(&self, id: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.done.insert(id.to_string(), true);
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub fn events(&self, id: &str) -> Vec<Event> {
+        self.inner
+            .lock()
+            .map(|g| g.events.get(id).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the request is finished at the edge and `extra` holds, or the deadline passes;
+    /// returns the events either way.
+    pub async fn wait_finished(
+        &self,
+        id: &str,
+        deadline: Duration,
+        extra: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (done, evs) = {
+                let g = match self.inner.lock() {
+                    Ok(g) => g,
+                    Err(_) => return Vec::new(),
+                };
+                (
+                    g.done.get(id).copied().unwrap_or(false),
+                    g.events.get(id).cloned().unwrap_or_default(),
+                )
+            };
+            if done && extra(&evs) {
+                return evs;
+            }
+            if tokio::time::timeout_at(end, notified).await.is_err() {
+                return evs;
+            }
+        }
+    }
+
+    /// Waits until `cond` holds on the events of `id` (used for direct machine requests, which
+    /// have no edge to finish them).
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        deadline: Duration,
+        cond: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let end = tokio::time::Instant::now() + deadline;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let evs = self.events(id);
+            if cond(&evs) {
+                return evs;
+            }
+            if tokio::time::timeout_at(end, notified).await.is_err() {
+                return self.events(id);
+            }
+        }
+    }
+}
+
+/// Replaces ephemeral ports and other unstable values with stable tokens.
+#[derive(Debug, Default, Clone)]
+pub struct Redactor {
+    /// (port, token), e.g. (40123, "mach_1:8080").
+    ports: Vec<(u16, String)>,
+}
+
+impl Redactor {
+    pub fn add_port(&mut self, port: u16, token: impl Into<String>) {
+        self.ports.push((port, token.into()));
+    }
+
+    /// `127.0.0.1:40123` → `127.0.0.1:{mach_1:8080}`; also bare `HostPort` values in JSON.
+    pub fn redact_str(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for (port, token) in &self.ports {
+            let needle = format!(":{port}");
+            if out.contains(&needle) {
+                out = replace_port(&out, &needle, &format!(":{{{token}}}"));
+            }
+            if out == port.to_string() {
+                out = format!("{{{token}}}");
+            }
+        }
+        out
+    }
+
+    pub fn redact_json(&self, v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = self.redact_str(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|x| self.redact_json(x)),
+            serde_json::Value::Object(o) => o.values_mut().for_each(|x| self.redact_json(x)),
+            serde_json::Value::Number(n) => {
+                if let Some(p) = n.as_u64()
+                    && let Some((_, token)) =
+                        self.ports.iter().find(|(port, _)| u64::from(*port) == p)
+                {
+                    *v = serde_json::Value::String(format!("{{{token}}}"));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Replaces `needle` (`:<port>`) only where it is not followed by another digit.
+fn replace_port(s: &str, needle: &str, with: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(needle) {
+        let after = &rest[i + needle.len()..];
+        out.push_str(&rest[..i]);
+        if after.starts_with(|c: char| c.is_ascii_digit()) {
+            out.push_str(needle);
+        } else {
+            out.push_str(with);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_ports_not_prefixes() {
+        let mut r = Redactor::default();
+        r.add_port(4012, "edge");
+        assert_eq!(
+            r.redact_str("http://127.0.0.1:4012/x"),
+            "http://127.0.0.1:{edge}/x"
+        );
+        assert_eq!(r.redact_str("127.0.0.1:40123"), "127.0.0.1:40123");
+        assert_eq!(r.redact_str("4012"), "{edge}");
+        let mut v = serde_json::json!({"HostPort": 4012, "x": ["a:4012"]});
+        r.redact_json(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"HostPort": "{edge}", "x": ["a:{edge}"]})
+        );
+    }
+
+    #[tokio::test]
+    async fn wait_finished_returns_on_finish() {
+        let s = std::sync::Arc::new(TraceStore::default());
+        let id = s.next_id();
+        let s2 = s.clone();
+        let id2 = id.clone();
+        tokio::spawn(async move {
+            s2.record(
+                &id2,
+                Event::Provider(ProviderEvent {
+                    provider: "fly".into(),
+                    request: "GET /".into(),
+                    decision: "ok".into(),
+                    added_headers: vec![],
+                    status: Some(200),
+                }),
+            );
+            s2.finish(&id2);
+        });
+        let evs = s.wait_finished(&id, Duration::from_secs(5), |_| true).await;
+        assert_eq!(evs.len(), 1);
+    }
+}
