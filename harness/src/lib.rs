@@ -1,1 +1,251 @@
+//! The scenario harness: discovers `fixtures/scenarios/**/*.toml`, runs each in a fresh world
+//! (in parallel), checks explicit expectations, and compares every step's trace with its insta
+//! snapshot under `fixtures/snapshots/`. One runner, two entry points: `cargo xtask e2e` (the `e2e`
+//! binary) and `cargo test` (the `e2e` test target).
 
+pub mod cli;
+pub mod expect;
+pub mod junit;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sim::scenario::Scenario;
+use sim::{World, WorldSpec};
+
+/// Where the fixtures are.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    /// The workspace root (the directory holding `fixtures/`), found from this crate's location.
+    pub fn from_manifest() -> Layout {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Layout {
+            root: here.parent().unwrap_or(here).to_path_buf(),
+        }
+    }
+    pub fn scenarios(&self) -> PathBuf {
+        self.root.join("fixtures/scenarios")
+    }
+    pub fn worlds(&self) -> PathBuf {
+        self.root.join("fixtures/worlds")
+    }
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join("fixtures/snapshots")
+    }
+}
+
+/// How worlds run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Every hop in this process on loopback.
+    InProcess,
+    /// Docker-provider machines as real containers (not available in this build).
+    Docker,
+}
+
+/// A scenario found on disk: `id` is its path under `fixtures/scenarios` without `.toml`.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub id: String,
+    pub path: PathBuf,
+}
+
+/// Every `*.toml` under the scenarios directory, sorted by id.
+pub fn discover(layout: &Layout) -> std::io::Result<Vec<Found>> {
+    let base = layout.scenarios();
+    let mut out = Vec::new();
+    let mut stack = vec![base.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let p = entry?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                let rel = p.strip_prefix(&base).unwrap_or(&p).with_extension("");
+                let id = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                out.push(Found { id, path: p });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Keeps scenarios whose id contains any of the filters (all when there are none).
+pub fn filter(found: Vec<Found>, filters: &[String]) -> Vec<Found> {
+    if filters.is_empty() {
+        return found;
+    }
+    found
+        .into_iter()
+        .filter(|f| filters.iter().any(|q| f.id.contains(q.as_str())))
+        .collect()
+}
+
+/// One step's outcome before snapshot comparison.
+#[derive(Debug, Clone)]
+pub struct StepRun {
+    pub snapshot_name: String,
+    pub value: serde_json::Value,
+}
+
+/// One scenario's outcome.
+#[derive(Debug, Clone)]
+pub struct ScenarioRun {
+    pub found: Found,
+    pub description: String,
+    pub steps: Vec<StepRun>,
+    pub failures: Vec<String>,
+    pub duration: Duration,
+}
+
+impl ScenarioRun {
+    fn failed(found: Found, msg: String, duration: Duration) -> ScenarioRun {
+        ScenarioRun {
+            found,
+            description: String::new(),
+            steps: vec![],
+            failures: vec![msg],
+            duration,
+        }
+    }
+}
+
+/// Snapshot file stem for a step: `<file stem>-<NN>` (one-based).
+pub fn snapshot_name(found: &Found, step: usize) -> String {
+    let stem = found.id.rsplit('/').next().unwrap_or(&found.id);
+    format!("{stem}-{:02}", step + 1)
+}
+
+/// The snapshot directory for a scenario: its group folder under `fixtures/snapshots`.
+pub fn snapshot_dir(layout: &Layout, found: &Found) -> PathBuf {
+    match found.id.rsplit_once('/') {
+        Some((group, _)) => layout.snapshots().join(group),
+        None => layout.snapshots(),
+    }
+}
+
+/// Runs one scenario in a fresh world.
+pub async fn run_scenario(layout: &Layout, found: Found, backend: Backend) -> ScenarioRun {
+    let start = Instant::now();
+    let scenario = match Scenario::load(&found.path) {
+        Ok(s) => s,
+        Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
+    };
+    if backend == Backend::Docker {
+        return ScenarioRun::failed(
+            found,
+            "backend docker is not available in this build: worlds run in-process only".into(),
+            start.elapsed(),
+        );
+    }
+    let world_path = scenario.world_path(&found.path, &layout.worlds());
+    let spec = match WorldSpec::load(&world_path) {
+        Ok(s) => s,
+        Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
+    };
+    let world = match World::start(spec).await {
+        Ok(w) => w,
+        Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
+    };
+    let mut steps = Vec::new();
+    let mut failures = Vec::new();
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let doc = sim::exec::run_step(&world, step).await;
+        let label = step
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("step {}", i + 1));
+        for f in expect::check(step, &doc) {
+            failures.push(format!("{label}: {f}"));
+        }
+        steps.push(StepRun {
+            snapshot_name: snapshot_name(&found, i),
+            value: doc.redacted(&world),
+        });
+    }
+    world.shutdown().await;
+    ScenarioRun {
+        found,
+        description: scenario.description,
+        steps,
+        failures,
+        duration: start.elapsed(),
+    }
+}
+
+/// Runs scenarios concurrently, at most `jobs` at a time; results in input order.
+pub async fn run_all(
+    layout: &Layout,
+    found: Vec<Found>,
+    backend: Backend,
+    jobs: usize,
+) -> Vec<ScenarioRun> {
+    let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let mut handles = Vec::new();
+    for f in found {
+        let sem = sem.clone();
+        let layout = layout.clone();
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            run_scenario(&layout, f, backend).await
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        match h.await {
+            Ok(r) => out.push(r),
+            Err(e) => out.push(ScenarioRun::failed(
+                Found {
+                    id: "<panicked>".into(),
+                    path: PathBuf::new(),
+                },
+                format!("scenario task panicked: {e}"),
+                Duration::ZERO,
+            )),
+        }
+    }
+    out
+}
+
+/// Compares each step with its snapshot through insta. Returns the failures (insta prints diffs).
+pub fn check_snapshots(layout: &Layout, run: &ScenarioRun) -> Vec<String> {
+    let mut failures = Vec::new();
+    let dir = snapshot_dir(layout, &run.found);
+    // insta reports a mismatch by printing its diff and panicking; the default hook would add a
+    // backtrace to every diff.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    for step in &run.steps {
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_path(&dir);
+        settings.set_prepend_module_to_snapshot(false);
+        settings.set_omit_expression(true);
+        settings.set_input_file(&run.found.path);
+        settings.set_description(format!("{} ({})", run.description, run.found.id));
+        let name = step.snapshot_name.clone();
+        let value = step.value.clone();
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            settings.bind(|| {
+                insta::assert_yaml_snapshot!(name, value);
+            })
+        }));
+        if res.is_err() {
+            failures.push(format!(
+                "snapshot {} differs or is new (review: cargo insta review, or cargo xtask e2e --accept)",
+                dir.join(format!("{}.snap", step.snapshot_name)).display()
+            ));
+        }
+    }
+    std::panic::set_hook(hook);
+    failures
+}

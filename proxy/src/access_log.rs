@@ -120,12 +120,20 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B> LoggedBody<B> {
+impl<B: Body> LoggedBody<B> {
+    /// A body that is already complete (a `101`, an empty response) is logged at once, before its
+    /// head is written, so the record never lags behind what the client sees.
     pub(crate) fn new(inner: B, pending: PendingLog) -> Self {
+        let pending = if inner.is_end_stream() {
+            pending.finish(true, 0);
+            None
+        } else {
+            Some(pending)
+        };
         LoggedBody {
             inner,
             bytes: 0,
-            pending: Some(pending),
+            pending,
         }
     }
 }
@@ -133,6 +141,7 @@ impl<B> LoggedBody<B> {
 impl<B> Body for LoggedBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -156,8 +165,9 @@ where
                     p.finish(true, *this.bytes);
                 }
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(e))) => {
                 if let Some(p) = this.pending.take() {
+                    tracing::debug!(request_id = %p.record.request_id, error = ?e, "response body failed");
                     p.finish(false, *this.bytes);
                 }
             }

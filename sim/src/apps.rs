@@ -16,12 +16,15 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::net::{BoxBody, BoxError, Handler, full, json_response, serve_http, text_response};
+use crate::net::{
+    BoxBody, BoxError, Handler, bind_handover, full, json_response, reserve_port, serve_http,
+    text_response,
+};
 use crate::trace::{AppEvent, Event, TRACE_HEADER, TraceStore, is_hidden_header};
 use crate::world::{AppKind, AppSpec, Bind};
 
@@ -30,11 +33,13 @@ pub struct App {
     pub machine: String,
     pub spec: AppSpec,
     pub addr: SocketAddr,
-    /// Releases a gated SSE stream.
-    pub gate: Notify,
+    /// Releases a gated SSE stream (a latch: once released, it stays open).
+    pub released: watch::Sender<bool>,
     /// Fault: answer every request by dying mid-body.
     pub reset_mid_body: AtomicBool,
     stop: std::sync::Mutex<Option<watch::Sender<bool>>>,
+    /// While down: the port, bound but not listening.
+    reservation: std::sync::Mutex<Option<socket2::Socket>>,
     trace: Arc<TraceStore>,
 }
 
@@ -45,17 +50,18 @@ impl App {
         trace: Arc<TraceStore>,
     ) -> std::io::Result<Arc<App>> {
         let listener = match spec.bind {
-            Bind::Ipv4 => TcpListener::bind("127.0.0.1:0").await?,
-            Bind::Ipv6 => TcpListener::bind("[::1]:0").await?,
+            Bind::Ipv4 => bind_handover(SocketAddr::from(([127, 0, 0, 1], 0)))?,
+            Bind::Ipv6 => bind_handover(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)))?,
         };
         let addr = listener.local_addr()?;
         let app = Arc::new(App {
             machine: machine.to_string(),
             spec,
             addr,
-            gate: Notify::new(),
+            released: watch::channel(false).0,
             reset_mid_body: AtomicBool::new(false),
             stop: std::sync::Mutex::new(None),
+            reservation: std::sync::Mutex::new(None),
             trace,
         });
         app.serve(listener);
@@ -75,11 +81,21 @@ impl App {
         serve_http(listener, handler, rx);
     }
 
-    /// Stops listening and cuts every connection.
+    /// Stops listening and cuts every connection; the port stays reserved (refusing).
     pub fn down(&self) {
         if let Ok(mut s) = self.stop.lock()
             && let Some(tx) = s.take()
         {
+            match reserve_port(self.addr) {
+                Ok(r) => {
+                    if let Ok(mut slot) = self.reservation.lock() {
+                        *slot = Some(r);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(addr = %self.addr, error = %e, "cannot reserve a downed app's port")
+                }
+            }
             tx.send_replace(true);
         }
     }
@@ -89,8 +105,11 @@ impl App {
         if self.stop.lock().map(|s| s.is_some()).unwrap_or(false) {
             return Ok(());
         }
-        let listener = TcpListener::bind(self.addr).await?;
+        let listener = bind_handover(self.addr)?;
         self.serve(listener);
+        if let Ok(mut slot) = self.reservation.lock() {
+            *slot = None;
+        }
         Ok(())
     }
 
@@ -174,6 +193,15 @@ impl App {
             }
             AppKind::Redirect { location, status } => {
                 self.record(&req, 0);
+                // The redirect target itself is served (so a followed redirect lands).
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                if pq == location {
+                    return text_response(StatusCode::OK, &format!("landed at {location}"));
+                }
                 let code = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
                 let mut r = text_response(code, "");
                 if let Ok(v) = HeaderValue::from_str(&location) {
@@ -293,12 +321,12 @@ impl App {
 
     fn sse(self: &Arc<Self>, count: u32, interval_ms: u64, gated: bool) -> Response<BoxBody> {
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
-        let me = self.clone();
+        let mut released = self.released.subscribe();
         tokio::spawn(async move {
             for i in 1..=count {
                 if i > 1 {
                     if gated {
-                        me.gate.notified().await;
+                        let _ = released.wait_for(|r| *r).await;
                     } else {
                         tokio::time::sleep(Duration::from_millis(interval_ms)).await;
                     }
@@ -381,6 +409,11 @@ fn large_body(total: u64) -> Response<BoxBody> {
     r
 }
 
+/// How long a dying app lingers after its first bytes. Every hop flushes what it has when its
+/// upstream body has nothing more to give, so the head and the first bytes reach the client before
+/// the death does (otherwise the fault would be "reset before the head").
+const DIE_AFTER: Duration = Duration::from_millis(200);
+
 /// `Content-Length: 1000`, 10 bytes, then the connection dies.
 fn reset_mid_body() -> Response<BoxBody> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(2);
@@ -388,6 +421,7 @@ fn reset_mid_body() -> Response<BoxBody> {
         let _ = tx
             .send(Ok(Frame::data(Bytes::from_static(b"0123456789"))))
             .await;
+        tokio::time::sleep(DIE_AFTER).await;
         let _ = tx.send(Err("app died mid-body".into())).await;
     });
     let mut r = Response::new(channel_body(rx));

@@ -26,6 +26,8 @@ pub enum ClientError {
     Http(#[from] hyper::Error),
     #[error("websocket: {0}")]
     WebSocket(String),
+    #[error("upgrade refused: {status} {body}")]
+    UpgradeRefused { status: u16, body: String },
 }
 
 /// A public URL split into what goes in `Host` and the request target.
@@ -139,13 +141,35 @@ pub async fn websocket(
     tokio_tungstenite::client_async(req, stream)
         .await
         .map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => ClientError::WebSocket(format!(
-                "upgrade refused: {} {}",
-                resp.status().as_u16(),
-                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default())
-            )),
+            tokio_tungstenite::tungstenite::Error::Http(resp) => ClientError::UpgradeRefused {
+                status: resp.status().as_u16(),
+                body: decode_maybe_chunked(resp.body().as_deref().unwrap_or_default()),
+            },
             other => ClientError::WebSocket(other.to_string()),
         })
+}
+
+/// tungstenite hands back a refused upgrade's body raw; decode it if it is chunked.
+fn decode_maybe_chunked(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    loop {
+        let Some((size_line, after)) = rest.split_once("\r\n") else {
+            return text;
+        };
+        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
+            return text;
+        };
+        if size == 0 {
+            return out;
+        }
+        if after.len() < size {
+            return text;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").unwrap_or(&after[size..]);
+    }
 }
 
 #[cfg(test)]
@@ -161,5 +185,17 @@ mod tests {
         assert!(PublicUrl::parse("not a url").is_err());
         assert!(PublicUrl::parse("/relative").is_err());
         assert!(PublicUrl::parse("ftp://x/").is_err());
+    }
+
+    #[test]
+    fn chunked_refusal_bodies() {
+        assert_eq!(
+            decode_maybe_chunked(b"5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n"),
+            "hello!"
+        );
+        assert_eq!(
+            decode_maybe_chunked(b"{\"error\":\"x\"}"),
+            "{\"error\":\"x\"}"
+        );
     }
 }

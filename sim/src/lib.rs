@@ -8,6 +8,7 @@
 pub mod apps;
 pub mod client;
 pub mod edge;
+pub mod exec;
 pub mod faults;
 pub mod machine;
 pub mod net;
@@ -15,6 +16,7 @@ pub mod providers;
 pub mod route_pattern;
 pub mod router;
 pub mod runtime;
+pub mod scenario;
 pub mod trace;
 pub mod world;
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use proxy::access_log::{AccessLog, RequestRecord, Tee, TracingAccessLog};
 use proxy::{ProxyConfig, Secret};
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::apps::App;
@@ -24,6 +23,8 @@ pub struct Machine {
     pub proxy_addr: SocketAddr,
     pub apps: BTreeMap<u16, Arc<App>>,
     stop: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+    /// After `proxy_down`: the port, bound but not listening (see `net::reserve_port`).
+    reservation: Mutex<Option<socket2::Socket>>,
 }
 
 /// Records the proxy's decisions into the trace.
@@ -69,7 +70,7 @@ impl Machine {
                 App::start(&spec.id, a.clone(), trace.clone()).await?,
             );
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = crate::net::bind_handover(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let proxy_addr = listener.local_addr()?;
         let app_map: BTreeMap<u16, Vec<SocketAddr>> =
             apps.iter().map(|(p, a)| (*p, a.candidates())).collect();
@@ -103,6 +104,7 @@ impl Machine {
             proxy_addr,
             apps,
             stop: Mutex::new(Some((tx, task))),
+            reservation: Mutex::new(None),
         }))
     }
 
@@ -110,6 +112,11 @@ impl Machine {
     pub async fn proxy_down(&self) {
         let taken = self.stop.lock().ok().and_then(|mut s| s.take());
         if let Some((tx, task)) = taken {
+            if let Ok(r) = crate::net::reserve_port(self.proxy_addr)
+                && let Ok(mut slot) = self.reservation.lock()
+            {
+                *slot = Some(r);
+            }
             let _ = tx.send(());
             let _ = task.await;
         }

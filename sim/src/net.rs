@@ -328,6 +328,35 @@ pub fn serve_http(listener: TcpListener, handler: Handler, mut stop: watch::Rece
     });
 }
 
+fn socket_for(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // Several sockets may hold the port: a listener and a reservation (see `reserve_port`).
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    Ok(s)
+}
+
+/// Binds a listener that a later [`reserve_port`] can hand its port over to.
+pub fn bind_handover(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = socket_for(addr)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Holds `addr` bound without listening: connections to it are refused (RST), and nothing else
+/// in this process (another world) can be given the port while it is "down". A real machine's
+/// port does not change hands when its app stops; a shared process must not let it either.
+pub fn reserve_port(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let s = socket_for(addr)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
 /// Binds an ephemeral port on 127.0.0.1.
 pub async fn bind_local() -> std::io::Result<(TcpListener, SocketAddr)> {
     let l = TcpListener::bind("127.0.0.1:0").await?;

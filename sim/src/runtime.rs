@@ -387,7 +387,7 @@ impl World {
     pub fn release(&self, machine: &str, port: u16) -> bool {
         match self.machine(machine).and_then(|m| m.app(port).cloned()) {
             Some(app) => {
-                app.gate.notify_one();
+                app.released.send_replace(true);
                 true
             }
             None => false,

@@ -17,6 +17,20 @@ use crate::router::hostname::ParsedTarget;
 /// The correlation header.
 pub const TRACE_HEADER: &str = "x-sim-trace-id";
 
+/// Serializes header pairs as `name: value` lines (readable in snapshots).
+pub fn header_lines<S: serde::Serializer>(h: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(h.len()))?;
+    for (k, v) in h {
+        seq.serialize_element(&format!("{k}: {v}"))?;
+    }
+    seq.end()
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// Headers a trace never shows (correlation only).
 pub fn is_hidden_header(name: &str) -> bool {
     name.eq_ignore_ascii_case(TRACE_HEADER)
@@ -27,9 +41,11 @@ pub struct EdgeEvent {
     pub method: String,
     pub url: String,
     /// The worker route that matched, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     pub decision: String,
     /// Headers the edge added towards the OS router.
+    #[serde(serialize_with = "header_lines", skip_serializing_if = "Vec::is_empty")]
     pub added_headers: Vec<(String, String)>,
 }
 
@@ -48,20 +64,30 @@ pub struct RouterEvent {
     pub hostname: String,
     pub host_source: String,
     /// The host matcher that matched (first in configuration order), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub matched: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub parsed: Option<ParsedTarget>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachineRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_header: Option<String>,
     /// Names of the request headers forwarded (sorted), without the target header.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub forwarded_headers: Vec<String>,
+    #[serde(skip_serializing_if = "is_false")]
     pub websocket: bool,
     /// Redirects followed inside the router (fetch's default `redirect: "follow"`, O4).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redirects_followed: Vec<String>,
     pub outcome: String,
     pub status: u16,
     /// Response headers dropped or collapsed by the router (e.g. repeated Set-Cookie in V0, B7).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub response_header_notes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -70,6 +96,7 @@ pub struct ProviderEvent {
     pub provider: String,
     pub request: String,
     pub decision: String,
+    #[serde(serialize_with = "header_lines", skip_serializing_if = "Vec::is_empty")]
     pub added_headers: Vec<(String, String)>,
     pub status: Option<u16>,
 }
@@ -84,7 +111,9 @@ pub struct MachineEvent {
     pub target_form: Option<String>,
     pub upstream: Option<String>,
     pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "is_false")]
     pub upgraded: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -98,6 +127,7 @@ pub struct AppEvent {
     pub kind: String,
     pub method: String,
     pub path_and_query: String,
+    #[serde(serialize_with = "header_lines")]
     pub headers: Vec<(String, String)>,
     pub body_bytes: u64,
 }

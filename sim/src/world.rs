@@ -69,7 +69,8 @@ pub enum AppKind {
     Slow { delay_ms: u64, stall: bool },
     /// Fixed status and body.
     Status { status: u16, body: String },
-    /// `302` (or `status`) with `Location: location`.
+    /// `302` (or `status`) with `Location: location` for every path but `location` itself,
+    /// which answers `200 landed at <location>`.
     Redirect { location: String, status: u16 },
     /// Two `Set-Cookie` headers.
     Cookies,
@@ -454,7 +455,7 @@ pub fn fault_target(f: &crate::faults::Fault) -> Option<(&str, Option<u16>)> {
     }
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
     let column = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);

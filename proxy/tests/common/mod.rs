@@ -392,10 +392,16 @@ pub async fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -
     }
 }
 
-/// An address with nothing listening (bound, then closed).
+/// Sockets held for the life of the test process by [`dead_addr`].
+static RESERVED: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+
+/// An address with nothing listening: bound but not listening, so connections are refused and
+/// no other test in this process can be given the port.
 pub async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let a = s.local_addr().unwrap().as_socket().unwrap();
+    RESERVED.lock().unwrap().push(s);
     a
 }

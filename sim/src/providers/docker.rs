@@ -190,12 +190,12 @@ pub async fn engine_handle(
     record(
         if mapped {
             format!(
-                "container {container} ({}) 8080/tcp → HostPort {host_port}",
+                "container {container} ({}): 8080/tcp → 0.0.0.0:{host_port}",
                 machine.spec.id
             )
         } else {
             format!(
-                "container {container} ({}) has no 8080/tcp mapping",
+                "container {container} ({}): no host port for 8080/tcp",
                 machine.spec.id
             )
         },

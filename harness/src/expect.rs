@@ -1,0 +1,149 @@
+//! Explicit expectations of a step, checked against its trace document.
+
+use sim::exec::StepDoc;
+use sim::scenario::{Step, parse_app_ref};
+use sim::trace::Event;
+
+fn toml_to_json(v: &toml::Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// Returns one message per unmet expectation (empty when all hold).
+pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(e) = &doc.client_error {
+        out.push(format!("client error: {e}"));
+    }
+    let e = &step.expect;
+    let resp = doc.response.as_ref();
+    let body = resp.map(|r| &r.body);
+    if let Some(want) = e.status {
+        match resp {
+            Some(r) if r.status == want => {}
+            Some(r) => out.push(format!(
+                "status: expected {want}, got {} (body {})",
+                r.status, r.body
+            )),
+            None => out.push(format!("status: expected {want}, got no response")),
+        }
+    }
+    if let Some(want) = &e.error {
+        let got = body.and_then(|b| b.get("error")).and_then(|v| v.as_str());
+        if got != Some(want.as_str()) {
+            out.push(format!("error: expected {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(app) = &e.app
+        && let Some((m, p)) = parse_app_ref(app)
+    {
+        let got_m = body
+            .and_then(|b| b.pointer("/app/machine"))
+            .and_then(|v| v.as_str());
+        let got_p = body
+            .and_then(|b| b.pointer("/app/port"))
+            .and_then(|v| v.as_u64());
+        if got_m != Some(m.as_str()) || got_p != Some(u64::from(p)) {
+            out.push(format!("app: expected {app}, got {got_m:?}:{got_p:?}"));
+        }
+    }
+    if let Some(sub) = &e.body_contains {
+        let text = body
+            .map(|b| match b {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default();
+        if !text.contains(sub.as_str()) {
+            out.push(format!("body_contains: {sub:?} not in {text:?}"));
+        }
+    }
+    for (ptr, want) in &e.json {
+        let want = toml_to_json(want);
+        let got = body.and_then(|b| b.pointer(ptr));
+        if got != Some(&want) {
+            out.push(format!("json {ptr}: expected {want}, got {got:?}"));
+        }
+    }
+    for (name, want) in &e.headers {
+        let got: Vec<&str> = resp
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if got != want.iter().map(String::as_str).collect::<Vec<_>>() {
+            out.push(format!("header {name}: expected {want:?}, got {got:?}"));
+        }
+    }
+    let app_headers: Option<&Vec<(String, String)>> = doc.hops.iter().find_map(|h| match h {
+        Event::App(a) => Some(&a.headers),
+        _ => None,
+    });
+    for (name, want) in &e.app_headers {
+        let got =
+            app_headers.and_then(|h| h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()));
+        if got != Some(want.as_str()) {
+            out.push(format!("app header {name}: expected {want:?}, got {got:?}"));
+        }
+    }
+    for name in &e.app_headers_absent {
+        match app_headers {
+            None => out.push(format!(
+                "app_headers_absent {name}: the request never reached an app"
+            )),
+            Some(h) if h.iter().any(|(k, _)| k == name) => {
+                out.push(format!("app header {name} must not reach the app"));
+            }
+            Some(_) => {}
+        }
+    }
+    if e.truncated && !resp.is_some_and(|r| r.truncated) {
+        out.push("truncated: the body ended cleanly".into());
+    }
+    if !e.truncated && resp.is_some_and(|r| r.truncated) {
+        out.push("the response body was cut short".into());
+    }
+    if let Some(want) = e.body_bytes
+        && resp.map(|r| r.body_bytes) != Some(want)
+    {
+        out.push(format!(
+            "body_bytes: expected {want}, got {:?}",
+            resp.map(|r| r.body_bytes)
+        ));
+    }
+    if !e.messages.is_empty() {
+        let got = doc
+            .websocket
+            .as_ref()
+            .map(|w| w.received.clone())
+            .unwrap_or_default();
+        if got != e.messages {
+            out.push(format!("messages: expected {:?}, got {got:?}", e.messages));
+        }
+    }
+    if let Some(want) = e.close_code {
+        let got = doc.websocket.as_ref().and_then(|w| w.close_code);
+        if got != Some(want) {
+            out.push(format!("close_code: expected {want}, got {got:?}"));
+        }
+    }
+    if let Some(want) = e.events {
+        match &doc.sse {
+            Some(s) => {
+                if s.events.len() != want {
+                    out.push(format!("events: expected {want}, got {}", s.events.len()));
+                }
+                if step.release.is_some() && !s.first_event_before_release {
+                    out.push(
+                        "sse: the first event did not arrive while the stream was open".into(),
+                    );
+                }
+            }
+            None => out.push("events: no SSE stream".into()),
+        }
+    }
+    out
+}

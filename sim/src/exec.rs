@@ -1,0 +1,478 @@
+//! Runs one scenario step in a world and returns its trace document: the request, the faults,
+//! every hop's decisions (in chain order), and the response, redacted to stable tokens.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::client::{self, ClientError};
+use crate::faults::Fault;
+use crate::runtime::World;
+use crate::scenario::{Step, StepKind, WsMessage, decode_message, encode_message, parse_app_ref};
+use crate::trace::{Event, TRACE_HEADER, header_lines};
+
+/// How long a step may take before it is reported as hung.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for a reply that should come at once.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bodies up to this size are shown whole; larger ones as size + sha256.
+const SHOWN_BODY: usize = 4096;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RequestDoc {
+    pub method: String,
+    pub url: String,
+    /// `edge`, or `direct <machine>:8080`.
+    pub via: String,
+    #[serde(serialize_with = "header_lines", skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ResponseDoc {
+    pub status: u16,
+    #[serde(serialize_with = "header_lines")]
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+    pub body_bytes: u64,
+    /// The body ended with an error instead of a clean end.
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WebSocketDoc {
+    pub received: Vec<String>,
+    pub close_code: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SseDoc {
+    /// True when the first event arrived while the app still held the stream open.
+    pub first_event_before_release: bool,
+    pub events: Vec<String>,
+}
+
+/// Everything a step saw; serialized (and redacted) for snapshots and display.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepDoc {
+    pub request: RequestDoc,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+    pub hops: Vec<Event>,
+    pub response: Option<ResponseDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<WebSocketDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sse: Option<SseDoc>,
+    /// A failure of the step itself (connection error, hang), not of the chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_error: Option<String>,
+}
+
+impl StepDoc {
+    /// The trace as a redacted JSON value (ports → stable tokens).
+    pub fn redacted(&self, world: &World) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        world.redactor().redact_json(&mut v);
+        v
+    }
+}
+
+fn hop_rank(e: &Event) -> u8 {
+    match e {
+        Event::Edge(_) => 0,
+        Event::Router(_) => 1,
+        Event::Provider(_) => 2,
+        Event::Machine(_) => 3,
+        Event::App(_) => 4,
+    }
+}
+
+/// Chain order: edge, router, provider(s), machine, app; record order within a hop.
+pub fn chain_order(mut events: Vec<Event>) -> Vec<Event> {
+    events.sort_by_key(hop_rank);
+    events
+}
+
+fn shown_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = h
+        .iter()
+        .filter(|(k, _)| *k != http::header::DATE && k.as_str() != TRACE_HEADER)
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A body for display: JSON as JSON, short text as text, anything else as size + sha256.
+pub fn body_value(bytes: &[u8]) -> serde_json::Value {
+    if bytes.is_empty() {
+        return serde_json::Value::String(String::new());
+    }
+    if bytes.len() <= SHOWN_BODY * 4
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && (v.is_object() || v.is_array())
+    {
+        return v;
+    }
+    if bytes.len() <= SHOWN_BODY
+        && let Ok(s) = std::str::from_utf8(bytes)
+    {
+        return serde_json::Value::String(s.to_string());
+    }
+    let digest = Sha256::digest(bytes);
+    serde_json::json!({
+        "bytes": bytes.len(),
+        "sha256": digest.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    })
+}
+
+/// Applies the step's faults, runs it, and collects the trace.
+pub async fn run_step(world: &World, step: &Step) -> StepDoc {
+    let mut doc = StepDoc {
+        request: RequestDoc {
+            method: step.method.clone(),
+            url: step.url.clone(),
+            via: step
+                .direct
+                .as_ref()
+                .map(|m| format!("direct {m}:8080"))
+                .unwrap_or_else(|| "edge".into()),
+            headers: step.headers.clone(),
+            body: step.body.clone(),
+        },
+        faults: step.faults.clone(),
+        hops: vec![],
+        response: None,
+        websocket: None,
+        sse: None,
+        client_error: None,
+    };
+    for f in &step.faults {
+        if let Err(e) = world.apply_fault(f).await {
+            doc.client_error = Some(format!("fault not applied: {e}"));
+            return doc;
+        }
+    }
+    let addr = match &step.direct {
+        None => world.addrs.edge,
+        Some(m) => match world.machine(m) {
+            Some(machine) => machine.proxy_addr,
+            None => {
+                doc.client_error = Some(format!("direct: unknown machine {m:?}"));
+                return doc;
+            }
+        },
+    };
+    let id = world.trace().next_id();
+    let mut headers = step.headers.clone();
+    headers.push((TRACE_HEADER.to_string(), id.clone()));
+    let run = async {
+        match step.kind {
+            StepKind::Http => run_http(addr, step, &headers, &mut doc).await,
+            StepKind::Sse => run_sse(world, addr, step, &headers, &mut doc).await,
+            StepKind::Websocket => run_ws(addr, step, &headers, &mut doc).await,
+        }
+    };
+    if tokio::time::timeout(STEP_TIMEOUT, run).await.is_err() {
+        doc.client_error = Some(format!(
+            "step did not finish within {}s",
+            STEP_TIMEOUT.as_secs()
+        ));
+    }
+    let trace = world.trace();
+    let events = if step.direct.is_some() {
+        trace
+            .wait_for(&id, REPLY_TIMEOUT, |evs| {
+                evs.iter().any(|e| matches!(e, Event::Machine(_)))
+            })
+            .await
+    } else {
+        trace.wait_finished(&id, REPLY_TIMEOUT, |_| true).await
+    };
+    doc.hops = chain_order(events);
+    fold_echo_headers(&mut doc);
+    mask_random_headers(&mut doc);
+    doc
+}
+
+/// Values that change on every run by design (the WebSocket handshake key is random).
+const RANDOM_HEADERS: [&str; 1] = ["sec-websocket-key"];
+
+fn mask_random_headers(doc: &mut StepDoc) {
+    for h in doc.hops.iter_mut() {
+        if let Event::App(a) = h {
+            for (k, v) in a.headers.iter_mut() {
+                if RANDOM_HEADERS.contains(&k.as_str()) {
+                    *v = "<random per handshake>".into();
+                }
+            }
+        }
+    }
+}
+
+/// An echo app's body repeats the headers it received, which the app hop already shows: say so
+/// instead of repeating them (only when they are identical).
+fn fold_echo_headers(doc: &mut StepDoc) {
+    let Some(resp) = doc.response.as_mut() else {
+        return;
+    };
+    let Some(app_headers) = doc.hops.iter().rev().find_map(|h| match h {
+        Event::App(a) => Some(&a.headers),
+        _ => None,
+    }) else {
+        return;
+    };
+    let Some(body_headers) = resp.body.get("headers") else {
+        return;
+    };
+    let as_pairs: Option<Vec<(String, String)>> = body_headers.as_array().map(|a| {
+        a.iter()
+            .filter_map(|p| {
+                Some((
+                    p.get(0)?.as_str()?.to_string(),
+                    p.get(1)?.as_str()?.to_string(),
+                ))
+            })
+            .collect()
+    });
+    if as_pairs.as_ref() == Some(app_headers)
+        && let Some(obj) = resp.body.as_object_mut()
+    {
+        obj.insert(
+            "headers".into(),
+            serde_json::Value::String("(as the app hop received them)".into()),
+        );
+    }
+}
+
+async fn read_response(resp: http::Response<hyper::body::Incoming>) -> ResponseDoc {
+    let status = resp.status().as_u16();
+    let headers = shown_headers(resp.headers());
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut truncated = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    buf.extend_from_slice(d);
+                }
+            }
+            Err(_) => {
+                truncated = true;
+                break;
+            }
+        }
+    }
+    ResponseDoc {
+        status,
+        headers,
+        body: body_value(&buf),
+        body_bytes: buf.len() as u64,
+        truncated,
+    }
+}
+
+async fn run_http(
+    addr: std::net::SocketAddr,
+    step: &Step,
+    headers: &[(String, String)],
+    doc: &mut StepDoc,
+) {
+    let body = Bytes::from(step.body.clone().unwrap_or_default());
+    match client::send(addr, &step.method, &step.url, headers, body).await {
+        Ok(resp) => doc.response = Some(read_response(resp).await),
+        Err(e) => doc.client_error = Some(e.to_string()),
+    }
+}
+
+async fn run_sse(
+    world: &World,
+    addr: std::net::SocketAddr,
+    step: &Step,
+    headers: &[(String, String)],
+    doc: &mut StepDoc,
+) {
+    let resp = match client::send(addr, &step.method, &step.url, headers, Bytes::new()).await {
+        Ok(r) => r,
+        Err(e) => {
+            doc.client_error = Some(e.to_string());
+            return;
+        }
+    };
+    let status = resp.status().as_u16();
+    let hdrs = shown_headers(resp.headers());
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut truncated = false;
+    // Read until one whole event is in, while the app still holds the stream.
+    let first = tokio::time::timeout(REPLY_TIMEOUT, async {
+        while !String::from_utf8_lossy(&buf).contains("\n\n") {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Some(d) = f.data_ref() {
+                        buf.extend_from_slice(d);
+                    }
+                }
+                Some(Err(_)) => {
+                    truncated = true;
+                    return false;
+                }
+                None => return false,
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if let Some((m, p)) = step.release.as_deref().and_then(parse_app_ref) {
+        world.release(&m, p);
+    }
+    if !truncated {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        buf.extend_from_slice(d);
+                    }
+                }
+                Err(_) => {
+                    truncated = true;
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let events: Vec<String> = text
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| e.replace('\n', " | "))
+        .collect();
+    doc.sse = Some(SseDoc {
+        first_event_before_release: first,
+        events,
+    });
+    doc.response = Some(ResponseDoc {
+        status,
+        headers: hdrs,
+        body: serde_json::Value::String(String::new()),
+        body_bytes: buf.len() as u64,
+        truncated,
+    });
+}
+
+async fn run_ws(
+    addr: std::net::SocketAddr,
+    step: &Step,
+    headers: &[(String, String)],
+    doc: &mut StepDoc,
+) {
+    let (mut ws, resp) = match client::websocket(addr, &step.url, headers).await {
+        Ok(pair) => pair,
+        Err(ClientError::UpgradeRefused { status, body }) => {
+            doc.response = Some(ResponseDoc {
+                status,
+                headers: vec![],
+                body: body_value(body.as_bytes()),
+                body_bytes: body.len() as u64,
+                truncated: false,
+            });
+            return;
+        }
+        Err(e) => {
+            doc.client_error = Some(e.to_string());
+            return;
+        }
+    };
+    let mut hm = http::HeaderMap::new();
+    for (k, v) in resp.headers() {
+        hm.append(k.clone(), v.clone());
+    }
+    // The accept key changes with every handshake's random key.
+    hm.remove("sec-websocket-accept");
+    doc.response = Some(ResponseDoc {
+        status: resp.status().as_u16(),
+        headers: shown_headers(&hm),
+        body: serde_json::Value::String(String::new()),
+        body_bytes: 0,
+        truncated: false,
+    });
+    let mut received = Vec::new();
+    for m in &step.send {
+        let msg = match decode_message(m) {
+            Ok(WsMessage::Text(t)) => Message::Text(t.into()),
+            Ok(WsMessage::Binary(b)) => Message::Binary(b.into()),
+            Err(e) => {
+                doc.client_error = Some(e);
+                return;
+            }
+        };
+        if let Err(e) = ws.send(msg).await {
+            doc.client_error = Some(format!("send: {e}"));
+            break;
+        }
+        match tokio::time::timeout(REPLY_TIMEOUT, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                received.push(encode_message(&WsMessage::Text(t.to_string())))
+            }
+            Ok(Some(Ok(Message::Binary(b)))) => {
+                received.push(encode_message(&WsMessage::Binary(b.to_vec())))
+            }
+            Ok(Some(Ok(other))) => received.push(format!("<{other:?}>")),
+            Ok(Some(Err(e))) => {
+                received.push(format!("<error: {e}>"));
+                break;
+            }
+            Ok(None) => {
+                received.push("<closed>".into());
+                break;
+            }
+            Err(_) => {
+                received.push("<no reply>".into());
+                break;
+            }
+        }
+    }
+    let mut close_code = None;
+    let code = step.close_code.unwrap_or(1000);
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: "scenario done".into(),
+    };
+    if ws.close(Some(frame)).await.is_ok() {
+        let _ = tokio::time::timeout(REPLY_TIMEOUT, async {
+            while let Some(msg) = ws.next().await {
+                match msg {
+                    Ok(Message::Close(Some(f))) => {
+                        close_code = Some(u16::from(f.code));
+                        break;
+                    }
+                    Ok(Message::Close(None)) => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
+    }
+    doc.websocket = Some(WebSocketDoc {
+        received,
+        close_code,
+    });
+}

@@ -1,0 +1,345 @@
+//! Scenario files (`fixtures/scenarios/**/*.toml`): a world and steps to drive through it.
+//!
+//! ```toml
+//! description = "project hostname reaches the app on 3000"
+//! world = "default"                      # fixtures/worlds/default.toml
+//!
+//! [[steps]]                              # kind = "http" by default
+//! url = "https://misha.iterate.town/hello?x=1"
+//! method = "POST"                        # default GET
+//! headers = [["content-type", "text/plain"]]
+//! body = "hi"
+//! faults = [{ fault = "app_down", machine = "mach_123", port = 3000 }]
+//! expect = { status = 200, app = "mach_123:3000" }
+//! ```
+//!
+//! Step kinds: `http` (default), `websocket` (`send`, `expect.messages`, `close_code`), `sse`
+//! (`release = "mach_123:3002"` releases a gated SSE app after the first event; `expect.events`).
+//! `direct = "mach_123"` sends the request straight to that machine's :8080 instead of the edge.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::faults::Fault;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    #[default]
+    Http,
+    Websocket,
+    Sse,
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+
+/// What a step checks besides its snapshot. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The JSON `error` code of the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `machine:port` of the app that must have answered (echo apps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// Substring of the response body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// JSON pointer → expected value, on the response body.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub json: BTreeMap<String, toml::Value>,
+    /// Response header → expected values (all of them, in order).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, Vec<String>>,
+    /// Headers the app must have received (name → value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_headers: BTreeMap<String, String>,
+    /// Headers the app must not have received.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_headers_absent: Vec<String>,
+    /// The response body must end early (truncated, never a clean end).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub truncated: bool,
+    /// Response body size in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_bytes: Option<u64>,
+    /// WebSocket: messages expected back, in order (`text` or `bin:<hex>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<String>,
+    /// WebSocket: close code expected back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
+    /// SSE: number of events expected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub kind: StepKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default = "get", skip_serializing_if = "is_get")]
+    pub method: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Send straight to this machine's :8080 (with the headers given) instead of the edge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct: Option<String>,
+    /// Faults switched on before the step (they stay on for later steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<Fault>,
+    /// WebSocket: messages to send (`text` or `bin:<hex>`), then a close with `close_code`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub send: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
+    /// SSE: `machine:port` of a gated SSE app to release after the first event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub expect: Expect,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+fn is_get(m: &String) -> bool {
+    m == "GET"
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub description: String,
+    /// A world name (`fixtures/worlds/<name>.toml`) or a path relative to the scenario file.
+    pub world: String,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: cannot read scenario: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Scenario::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|sp| crate::world::line_col(text, sp.start))
+                .unwrap_or((0, 0));
+            ScenarioError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
+        })?;
+        s.validate().map_err(|message| ScenarioError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(s)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.steps.is_empty() {
+            return Err("steps: a scenario needs at least one step".into());
+        }
+        for (i, st) in self.steps.iter().enumerate() {
+            crate::client::PublicUrl::parse(&st.url).map_err(|e| format!("steps[{i}].url: {e}"))?;
+            if http::Method::from_bytes(st.method.as_bytes()).is_err() {
+                return Err(format!("steps[{i}].method: invalid method {:?}", st.method));
+            }
+            for (k, v) in &st.headers {
+                if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(v).is_err()
+                {
+                    return Err(format!("steps[{i}].headers: invalid header {k:?}: {v:?}"));
+                }
+            }
+            for (label, v) in [("release", &st.release), ("expect.app", &st.expect.app)] {
+                if let Some(v) = v {
+                    parse_app_ref(v).ok_or_else(|| {
+                        format!("steps[{i}].{label}: expected \"machine:port\", got {v:?}")
+                    })?;
+                }
+            }
+            for m in st.send.iter().chain(st.expect.messages.iter()) {
+                decode_message(m).map_err(|e| format!("steps[{i}]: {e}"))?;
+            }
+            match st.kind {
+                StepKind::Http => {
+                    if !st.send.is_empty() || st.close_code.is_some() {
+                        return Err(format!(
+                            "steps[{i}]: `send`/`close_code` need kind = \"websocket\""
+                        ));
+                    }
+                }
+                StepKind::Websocket => {
+                    if st.body.is_some() {
+                        return Err(format!(
+                            "steps[{i}].body: a websocket step sends `send` messages"
+                        ));
+                    }
+                }
+                StepKind::Sse => {}
+            }
+            if st.release.is_some() && st.kind != StepKind::Sse {
+                return Err(format!("steps[{i}].release: only for kind = \"sse\""));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves the world file: a bare name is `<worlds_dir>/<name>.toml`.
+    pub fn world_path(&self, scenario_path: &Path, worlds_dir: &Path) -> PathBuf {
+        if self.world.ends_with(".toml") {
+            scenario_path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(&self.world)
+        } else {
+            worlds_dir.join(format!("{}.toml", self.world))
+        }
+    }
+
+    /// TOML text of the scenario (used by `ingress-sim scenario new`).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+}
+
+/// `mach_123:3000` → (machine, port).
+pub fn parse_app_ref(s: &str) -> Option<(String, u16)> {
+    let (m, p) = s.rsplit_once(':')?;
+    Some((m.to_string(), proxy::target_host::parse_port(p)?))
+}
+
+/// A WebSocket message as written: `bin:<hex>` is binary, anything else is text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsMessage {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+pub fn decode_message(s: &str) -> Result<WsMessage, String> {
+    match s.strip_prefix("bin:") {
+        Some(hex) => {
+            if hex.len() % 2 != 0 {
+                return Err(format!("odd-length hex in {s:?}"));
+            }
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map(WsMessage::Binary)
+                .map_err(|_| format!("invalid hex in {s:?}"))
+        }
+        None => Ok(WsMessage::Text(s.to_string())),
+    }
+}
+
+pub fn encode_message(m: &WsMessage) -> String {
+    match m {
+        WsMessage::Text(t) => t.clone(),
+        WsMessage::Binary(b) => format!(
+            "bin:{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_roundtrip() {
+        let text = r#"
+description = "d"
+world = "default"
+[[steps]]
+url = "https://misha.iterate.town/"
+expect = { status = 200, app = "mach_123:3000", json = { "/path" = "/" } }
+[[steps]]
+kind = "websocket"
+url = "wss://3001__mach_123.machines.iterate.town/ws"
+send = ["ping", "bin:00ff"]
+close_code = 4001
+expect = { messages = ["echo:ping", "bin:00ff"], close_code = 4001 }
+"#;
+        let s = Scenario::parse(text, Path::new("s.toml")).unwrap();
+        assert_eq!(s.steps[1].kind, StepKind::Websocket);
+        let again = Scenario::parse(&s.to_toml().unwrap(), Path::new("s.toml")).unwrap();
+        assert_eq!(s, again);
+    }
+
+    #[test]
+    fn errors_name_file_line_field() {
+        let e = Scenario::parse("description = \"d\"\nworld = \"w\"\n[[steps]]\nurl = \"https://x.y/\"\nmethd = \"GET\"\n", Path::new("a/b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("a/b.toml:5:1: unknown field `methd`"), "{e}");
+        let e = Scenario::parse(
+            "description = \"d\"\nworld = \"w\"\n[[steps]]\nurl = \"nope\"\n",
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("steps[0].url"), "{e}");
+        let e = Scenario::parse(
+            "description = \"d\"\nworld = \"w\"\nsteps = []\n",
+            Path::new("a.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("at least one step"), "{e}");
+    }
+
+    #[test]
+    fn messages() {
+        assert_eq!(
+            decode_message("bin:00ff").unwrap(),
+            WsMessage::Binary(vec![0, 255])
+        );
+        assert_eq!(decode_message("hi").unwrap(), WsMessage::Text("hi".into()));
+        assert!(decode_message("bin:0").is_err());
+        assert_eq!(encode_message(&WsMessage::Binary(vec![1, 2])), "bin:0102");
+    }
+}
