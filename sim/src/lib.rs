@@ -13,6 +13,7 @@ pub mod faults;
 pub mod machine;
 pub mod net;
 pub mod providers;
+pub mod render;
 pub mod route_pattern;
 pub mod router;
 pub mod runtime;

@@ -1,1 +1,377 @@
-fn main() {}
+//! `ingress-sim`: run a simulated world, trace one request through it, or turn a traced request
+//! into a scenario file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use sim::exec::run_step;
+use sim::render::{Style, render};
+use sim::scenario::{Expect, Scenario, Step, StepKind};
+use sim::{Fault, World, WorldSpec};
+
+#[derive(Parser)]
+#[command(
+    name = "ingress-sim",
+    version,
+    about = "The platform's ingress chain, simulated on loopback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// One request, as curl would take it.
+#[derive(clap::Args, Clone)]
+struct RequestArgs {
+    /// The public URL, e.g. https://4096__mach_123.machines.iterate.town/path
+    url: String,
+    /// Method.
+    #[arg(short = 'X', long = "request", default_value = "GET")]
+    method: String,
+    /// A request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// Request body.
+    #[arg(long = "data", short = 'd')]
+    data: Option<String>,
+    /// Send straight to this machine's :8080 instead of the edge.
+    #[arg(long, value_name = "MACHINE")]
+    direct: Option<String>,
+    /// A fault to switch on first, as JSON, e.g. '{"fault":"app_down","machine":"mach_123","port":3000}' (repeatable).
+    #[arg(long = "fault", value_name = "JSON")]
+    faults: Vec<String>,
+    /// Open a WebSocket and send these messages (repeatable); `bin:<hex>` sends binary.
+    #[arg(long = "ws-send", value_name = "MESSAGE")]
+    ws_send: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a world and serve it until Ctrl-C. The first line on stdout is `edge: http://ADDR`.
+    Up {
+        #[arg(long)]
+        world: PathBuf,
+        /// Address for the edge (default: an ephemeral port on 127.0.0.1).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Send one request through a fresh world and print what every hop saw and decided.
+    Trace {
+        #[arg(long)]
+        world: PathBuf,
+        #[command(flatten)]
+        req: RequestArgs,
+        /// Print the trace as JSON (redacted, as in snapshots).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scenario files.
+    Scenario {
+        #[command(subcommand)]
+        cmd: ScenarioCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScenarioCmd {
+    /// Trace a request and write it as a scenario file, with its observed outcome as expectations.
+    New {
+        /// Scenario id: a path under fixtures/scenarios without `.toml`, e.g. regressions/opencode_port.
+        name: String,
+        #[arg(long)]
+        world: PathBuf,
+        #[command(flatten)]
+        req: RequestArgs,
+        /// Description written into the file.
+        #[arg(long)]
+        description: Option<String>,
+        /// The scenarios directory.
+        #[arg(long, default_value = "fixtures/scenarios")]
+        dir: PathBuf,
+        /// Overwrite an existing scenario.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_header(h: &str) -> Result<(String, String)> {
+    let (k, v) = h
+        .split_once(':')
+        .with_context(|| format!("header {h:?}: expected `Name: value`"))?;
+    let k = k.trim();
+    if k.is_empty() || http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+        bail!("header {h:?}: invalid name");
+    }
+    Ok((k.to_string(), v.trim().to_string()))
+}
+
+fn build_step(r: &RequestArgs) -> Result<Step> {
+    sim::client::PublicUrl::parse(&r.url).with_context(|| format!("cannot use URL {:?}", r.url))?;
+    if http::Method::from_bytes(r.method.as_bytes()).is_err() {
+        bail!("invalid method {:?}", r.method);
+    }
+    let headers = r
+        .headers
+        .iter()
+        .map(|h| parse_header(h))
+        .collect::<Result<Vec<_>>>()?;
+    let faults = r
+        .faults
+        .iter()
+        .map(|f| serde_json::from_str::<Fault>(f).with_context(|| format!("--fault {f}")))
+        .collect::<Result<Vec<_>>>()?;
+    let ws = !r.ws_send.is_empty() || r.url.starts_with("ws");
+    Ok(Step {
+        kind: if ws {
+            StepKind::Websocket
+        } else {
+            StepKind::Http
+        },
+        name: None,
+        method: r.method.clone(),
+        url: r.url.clone(),
+        headers,
+        body: r.data.clone(),
+        direct: r.direct.clone(),
+        faults,
+        send: r.ws_send.clone(),
+        close_code: None,
+        release: None,
+        expect: Expect::default(),
+    })
+}
+
+async fn start(world: &Path, listen: Option<SocketAddr>) -> Result<(World, std::time::Duration)> {
+    let spec = WorldSpec::load(world)?;
+    let t = Instant::now();
+    let w = World::start_opts(spec, sim::providers::docker::EngineEndpoint::Sim, listen).await?;
+    Ok((w, t.elapsed()))
+}
+
+async fn trace(
+    world: &Path,
+    req: &RequestArgs,
+    json: bool,
+) -> Result<(sim::exec::StepDoc, String)> {
+    let step = build_step(req)?;
+    let (w, _) = start(world, None).await?;
+    if let Some(m) = &step.direct
+        && w.machine(m).is_none()
+    {
+        bail!("--direct: no machine {m:?} in {}", world.display());
+    }
+    let doc = run_step(&w, &step).await;
+    let text = if json {
+        serde_json::to_string_pretty(&doc.redacted(&w))?
+    } else {
+        let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
+            && std::env::var_os("NO_COLOR").is_none();
+        w.redactor().redact_str(&render(&doc, Style { color }))
+    };
+    w.shutdown().await;
+    Ok((doc, text))
+}
+
+async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
+    let (w, took) = start(world, listen).await?;
+    w.trace()
+        .log_events
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let edge = w.addrs.edge;
+    println!("edge: http://{edge}");
+    println!("world {:?} started in {:.1?}", w.state.spec.name, took);
+    for m in w.state.machines_in_order() {
+        let apps: Vec<String> = m
+            .apps
+            .iter()
+            .map(|(p, a)| format!("{p}={} ({})", a.addr, a.spec.kind.name()))
+            .collect();
+        println!(
+            "machine {} [{} {}, {}] proxy http://{}  apps: {}",
+            m.spec.id,
+            m.spec.provider.as_str(),
+            m.spec.state.as_str(),
+            m.spec.project,
+            m.proxy_addr,
+            apps.join(", ")
+        );
+    }
+    if let Some(m) = w.state.machines_in_order().first() {
+        let id = &m.spec.id;
+        println!();
+        println!("try:");
+        println!("  curl -s -H 'Host: {id}.machines.iterate.town' http://{edge}/hello");
+        println!(
+            "  curl -s --connect-to ::{}:{} http://4096__{id}.machines.iterate.town/session",
+            edge.ip(),
+            edge.port()
+        );
+        println!(
+            "  curl -s -H 'x-iterate-proxy-target-host: localhost:3000' http://{}/direct   # straight to {id}'s :8080",
+            m.proxy_addr
+        );
+        println!("  websocat -H 'Host: 3001__{id}.machines.iterate.town' ws://{edge}/ws");
+        println!(
+            "  ingress-sim trace --world {} https://{id}.machines.iterate.town/",
+            world.display()
+        );
+    }
+    println!("(Ctrl-C to stop)");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    eprintln!("stopping");
+    w.shutdown().await;
+    Ok(())
+}
+
+fn scenario_new(
+    name: &str,
+    world: &Path,
+    req: &RequestArgs,
+    description: Option<String>,
+    dir: &Path,
+    force: bool,
+    doc: &sim::exec::StepDoc,
+) -> Result<PathBuf> {
+    if name.is_empty()
+        || name.contains("..")
+        || name.starts_with('/')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-/".contains(c))
+    {
+        bail!(
+            "scenario name {name:?}: use letters, digits, _ - and / (e.g. regressions/opencode_port)"
+        );
+    }
+    let path = dir.join(format!("{name}.toml"));
+    if path.exists() && !force {
+        bail!("{} exists (use --force to overwrite)", path.display());
+    }
+    let mut step = build_step(req)?;
+    // The observed outcome becomes the expectation; the snapshot will hold the rest.
+    if let Some(r) = &doc.response {
+        step.expect.status = Some(r.status);
+        if let Some(code) = r.body.get("error").and_then(|v| v.as_str()) {
+            step.expect.error = Some(code.to_string());
+        }
+        if let (Some(m), Some(p)) = (
+            r.body.pointer("/app/machine").and_then(|v| v.as_str()),
+            r.body.pointer("/app/port").and_then(|v| v.as_u64()),
+        ) {
+            step.expect.app = Some(format!("{m}:{p}"));
+        }
+        step.expect.truncated = r.truncated;
+    }
+    if let Some(ws) = &doc.websocket {
+        step.expect.messages = ws.received.clone();
+    }
+    // A world under fixtures/worlds is named; any other is referenced relative to the scenario.
+    let world_ref = match (
+        world.parent().and_then(|p| p.file_name()),
+        world.file_stem(),
+    ) {
+        (Some(parent), Some(stem)) if parent == "worlds" => stem.to_string_lossy().into_owned(),
+        _ => {
+            let abs = std::fs::canonicalize(world)?;
+            let target_dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(target_dir)?;
+            relative(&std::fs::canonicalize(target_dir)?, &abs)
+        }
+    };
+    let scenario = Scenario {
+        description: description.unwrap_or_else(|| {
+            format!(
+                "{} {} (recorded with ingress-sim scenario new)",
+                req.method, req.url
+            )
+        }),
+        world: world_ref,
+        steps: vec![step],
+    };
+    let text = scenario.to_toml()?;
+    // What we write must load back as written.
+    Scenario::parse(&text, &path)
+        .map_err(|e| anyhow::anyhow!("generated scenario does not parse: {e}"))?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// `to` relative to directory `from` (both absolute).
+fn relative(from: &Path, to: &Path) -> String {
+    let f: Vec<_> = from.components().collect();
+    let t: Vec<_> = to.components().collect();
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<String> = std::iter::repeat_n("..".to_string(), f.len() - common).collect();
+    parts.extend(
+        t[common..]
+            .iter()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+    );
+    parts.join("/")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose_up = matches!(cli.cmd, Cmd::Up { .. });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if verbose_up {
+            "info,project_ingress_proxy::access=warn,proxy::server=warn"
+        } else {
+            "warn"
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ingress-sim: cannot start tokio: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let res: Result<()> = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Up { world, listen } => up(&world, listen).await,
+            Cmd::Trace { world, req, json } => {
+                let (_, text) = trace(&world, &req, json).await?;
+                print!("{text}");
+                if json {
+                    println!();
+                }
+                Ok(())
+            }
+            Cmd::Scenario {
+                cmd: ScenarioCmd::New { name, world, req, description, dir, force },
+            } => {
+                let (doc, text) = trace(&world, &req, false).await?;
+                print!("{text}");
+                let path = scenario_new(&name, &world, &req, description, &dir, force, &doc)?;
+                println!("wrote {}", path.display());
+                println!("next: cargo xtask e2e {name} --accept   (then read the new snapshot before committing)");
+                Ok(())
+            }
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ingress-sim: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -191,6 +191,15 @@ impl World {
     }
 
     pub async fn start_with(spec: WorldSpec, engine: EngineEndpoint) -> Result<World, StartError> {
+        Self::start_opts(spec, engine, None).await
+    }
+
+    /// As [`World::start_with`], with the edge on a given address (`ingress-sim up --listen`).
+    pub async fn start_opts(
+        spec: WorldSpec,
+        engine: EngineEndpoint,
+        edge_listen: Option<SocketAddr>,
+    ) -> Result<World, StartError> {
         let world = spec.name.clone();
         let routes = RoutePattern::parse_list(&spec.env.os_worker_routes).map_err(|source| {
             StartError::Routes {
@@ -230,7 +239,14 @@ impl World {
             serve_http(l, h, rx);
             stops.push(tx);
         };
-        let (l_edge, edge) = bind_local().await.map_err(bind_err)?;
+        let (l_edge, edge) = match edge_listen {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a).await.map_err(bind_err)?;
+                let addr = l.local_addr().map_err(bind_err)?;
+                (l, addr)
+            }
+            None => bind_local().await.map_err(bind_err)?,
+        };
         let (l_router, router) = bind_local().await.map_err(bind_err)?;
         let (l_engine, docker_engine) = bind_local().await.map_err(bind_err)?;
         let (l_fly, fly_edge) = bind_local().await.map_err(bind_err)?;

@@ -131,11 +131,10 @@ pub struct Scenario {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("{path}: cannot read scenario: {source}")]
+    #[error("{path}: cannot read scenario: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
@@ -150,9 +149,9 @@ pub enum ScenarioError {
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Scenario::parse(&text, path)
     }

@@ -329,11 +329,10 @@ pub struct WorldSpec {
 /// A world file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WorldError {
-    #[error("{path}: cannot read world file: {source}")]
+    #[error("{path}: cannot read world file: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
@@ -348,9 +347,9 @@ pub enum WorldError {
 
 impl WorldSpec {
     pub fn load(path: &Path) -> Result<WorldSpec, WorldError> {
-        let text = std::fs::read_to_string(path).map_err(|source| WorldError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| WorldError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         WorldSpec::parse(&text, path)
     }

@@ -20,6 +20,15 @@ pub enum TargetKind {
     Project,
 }
 
+impl TargetKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TargetKind::Machine => "machine",
+            TargetKind::Project => "project",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ParsedTarget {
     pub kind: TargetKind,

@@ -1,0 +1,294 @@
+//! The hop-by-hop trace for a person: one block per hop, the decision first, and the hop that
+//! refused named at the end. Colour only when asked (a terminal).
+
+use std::fmt::Write as _;
+
+use crate::exec::StepDoc;
+use crate::trace::Event;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+    fn hop(&self, s: &str) -> String {
+        self.paint("1;36", &format!("{s:<9}"))
+    }
+    fn bad(&self, s: &str) -> String {
+        self.paint("1;31", s)
+    }
+    fn good(&self, s: &str) -> String {
+        self.paint("1;32", s)
+    }
+    fn dim(&self, s: &str) -> String {
+        self.paint("2", s)
+    }
+}
+
+/// Which hop refused the request, and why (none when the app answered).
+pub fn refusal(doc: &StepDoc) -> Option<(String, String)> {
+    let mut found = None;
+    for h in &doc.hops {
+        match h {
+            Event::Edge(e) if e.decision.starts_with("refused") => {
+                found = Some((
+                    "edge".to_string(),
+                    e.decision.trim_start_matches("refused: ").to_string(),
+                ));
+            }
+            Event::Router(r) if r.outcome.starts_with("refused") => {
+                let why = match &r.error {
+                    Some(e) => format!(
+                        "{} {} ({e})",
+                        r.status,
+                        r.outcome.trim_start_matches("refused: ")
+                    ),
+                    None => format!("{} {}", r.status, r.outcome.trim_start_matches("refused: ")),
+                };
+                found = Some(("router".to_string(), why));
+            }
+            Event::Provider(p) if p.status.is_some_and(|s| s >= 400) => {
+                found = Some((format!("provider ({})", p.provider), p.decision.clone()));
+            }
+            Event::Machine(m) if m.error.is_some() => {
+                found = Some((
+                    format!("machine proxy ({})", m.machine),
+                    format!("{} {}", m.status, m.error.clone().unwrap_or_default()),
+                ));
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+fn hdr_line(pairs: &[(String, String)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Renders a step trace (pass the redacted doc for stable output).
+pub fn render(doc: &StepDoc, style: Style) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{} {}  {}",
+        style.paint("1", &doc.request.method),
+        style.paint("1", &doc.request.url),
+        style.dim(&format!("(via {})", doc.request.via))
+    );
+    for f in &doc.faults {
+        let _ = writeln!(
+            o,
+            "  {} {}",
+            style.hop("fault"),
+            serde_json::to_string(f).unwrap_or_default()
+        );
+    }
+    for h in &doc.hops {
+        match h {
+            Event::Edge(e) => {
+                let route = e
+                    .route
+                    .as_deref()
+                    .map(|r| format!("route {r}"))
+                    .unwrap_or_else(|| "no worker route".into());
+                let _ = writeln!(o, "  {} {route} → {}", style.hop("edge"), e.decision);
+            }
+            Event::Router(r) => {
+                let _ = writeln!(
+                    o,
+                    "  {} host {} (from {}), matcher {}",
+                    style.hop("router"),
+                    r.hostname,
+                    r.host_source,
+                    r.matched.as_deref().unwrap_or("none")
+                );
+                if let Some(p) = &r.parsed {
+                    let _ = writeln!(
+                        o,
+                        "  {:9} target {} {} port {} ({}), root {}",
+                        "",
+                        p.kind.as_str(),
+                        p.id,
+                        p.target_port,
+                        if p.port_explicit {
+                            "explicit"
+                        } else {
+                            "implicit"
+                        },
+                        p.root_domain
+                    );
+                }
+                if let Some(m) = &r.machine {
+                    let _ = writeln!(
+                        o,
+                        "  {:9} machine {} (project {}, {}, {}, external id {})",
+                        "",
+                        m.id,
+                        m.project,
+                        m.state,
+                        m.provider,
+                        m.external_id.as_deref().unwrap_or("none")
+                    );
+                }
+                if let Some(u) = &r.provider_url {
+                    let _ = writeln!(
+                        o,
+                        "  {:9} → {u}  X-Iterate-Proxy-Target-Host: {}",
+                        "",
+                        r.target_header.as_deref().unwrap_or("-")
+                    );
+                }
+                if !r.forwarded_headers.is_empty() {
+                    let _ = writeln!(
+                        o,
+                        "  {:9} {} headers forwarded: {}",
+                        "",
+                        if r.websocket { "websocket" } else { "http" },
+                        r.forwarded_headers.join(", ")
+                    );
+                }
+                for x in &r.redirects_followed {
+                    let _ = writeln!(o, "  {:9} followed redirect {x}", "");
+                }
+                for n in &r.response_header_notes {
+                    let _ = writeln!(o, "  {:9} response: {n}", "");
+                }
+                let outcome = format!("{} {}", r.status, r.outcome);
+                let outcome = if r.outcome.starts_with("refused") {
+                    style.bad(&outcome)
+                } else {
+                    outcome
+                };
+                let err = r
+                    .error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default();
+                let _ = writeln!(o, "  {:9} {outcome}{err}", "");
+            }
+            Event::Provider(p) => {
+                let st = p.status.map(|s| format!(" [{s}]")).unwrap_or_default();
+                let _ = writeln!(
+                    o,
+                    "  {} {}: {} → {}{st}",
+                    style.hop("provider"),
+                    p.provider,
+                    p.request,
+                    p.decision
+                );
+                if !p.added_headers.is_empty() {
+                    let _ = writeln!(o, "  {:9} added: {}", "", hdr_line(&p.added_headers));
+                }
+            }
+            Event::Machine(m) => {
+                let chose = match (m.target_port, &m.target_form) {
+                    (Some(p), Some(f)) => format!("port {p} ({f})"),
+                    _ => "no port".into(),
+                };
+                let result = match &m.error {
+                    Some(e) => style.bad(&format!("{} {e}", m.status)),
+                    None => format!("{}", m.status),
+                };
+                let _ = writeln!(
+                    o,
+                    "  {} {} {} {}: target {} → {chose} → {} → {result}{}{}",
+                    style.hop("machine"),
+                    m.machine,
+                    m.method,
+                    m.path,
+                    m.target_header.as_deref().unwrap_or("(none)"),
+                    m.upstream.as_deref().unwrap_or("-"),
+                    if m.upgraded { " (tunnel)" } else { "" },
+                    if m.completed { "" } else { " (body cut short)" }
+                );
+            }
+            Event::App(a) => {
+                let _ = writeln!(
+                    o,
+                    "  {} {}:{} ({}) got {} {}",
+                    style.hop("app"),
+                    a.machine,
+                    a.port,
+                    a.kind,
+                    a.method,
+                    a.path_and_query
+                );
+                let _ = writeln!(o, "  {:9} {}", "", style.dim(&hdr_line(&a.headers)));
+            }
+        }
+    }
+    if let Some(r) = &doc.response {
+        let status = format!("{}", r.status);
+        let status = if r.status >= 400 {
+            style.bad(&status)
+        } else {
+            style.good(&status)
+        };
+        let body = match &r.body {
+            serde_json::Value::String(s) if s.len() <= 200 => format!("{s:?}"),
+            serde_json::Value::String(s) => format!("{} bytes of text", s.len()),
+            other => {
+                let t = other.to_string();
+                if t.len() <= 200 {
+                    t
+                } else {
+                    format!("{} bytes", r.body_bytes)
+                }
+            }
+        };
+        let _ = writeln!(
+            o,
+            "  {} {status} {body}{}",
+            style.hop("response"),
+            if r.truncated {
+                style.bad(" (truncated: the body was cut short)")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(ws) = &doc.websocket {
+        let _ = writeln!(
+            o,
+            "  {} received {:?}, close {:?}",
+            style.hop("websocket"),
+            ws.received,
+            ws.close_code
+        );
+    }
+    if let Some(s) = &doc.sse {
+        let _ = writeln!(
+            o,
+            "  {} {} events; first before release: {}",
+            style.hop("sse"),
+            s.events.len(),
+            s.first_event_before_release
+        );
+    }
+    if let Some(e) = &doc.client_error {
+        let _ = writeln!(o, "  {} {}", style.hop("client"), style.bad(e));
+    }
+    match refusal(doc) {
+        Some((hop, why)) => {
+            let _ = writeln!(o, "{}", style.bad(&format!("refused by {hop}: {why}")));
+        }
+        None if doc.hops.iter().any(|h| matches!(h, Event::App(_))) => {
+            let _ = writeln!(o, "{}", style.good("reached the app"));
+        }
+        None => {}
+    }
+    o
+}

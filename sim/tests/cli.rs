@@ -1,0 +1,284 @@
+//! The `ingress-sim` binary: `trace` (human and JSON), `scenario new`, `up`, and bad input.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ingress-sim");
+
+fn world() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/worlds/default.toml")
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn snap_settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots"));
+    s.set_prepend_module_to_snapshot(false);
+    s
+}
+
+#[test]
+fn trace_human_format() {
+    let w = world();
+    let (code, out, err) = run(&[
+        "trace",
+        "--world",
+        w.to_str().unwrap(),
+        "https://4096__mach_123.machines.iterate.town/session?x=1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains('\x1b'), "no colour when piped");
+    snap_settings().bind(|| insta::assert_snapshot!("trace_human_ok", out));
+}
+
+#[test]
+fn trace_human_format_names_the_refusing_hop() {
+    let w = world();
+    let (code, out, _) = run(&[
+        "trace",
+        "--world",
+        w.to_str().unwrap(),
+        "https://nomap.iterate.town/",
+    ]);
+    assert_eq!(
+        code, 0,
+        "a refusal is a result to show, not a failure of the tool"
+    );
+    assert!(
+        out.ends_with("refused by router: 502 proxy_error (No host port mapped for 8080)\n"),
+        "{out}"
+    );
+    snap_settings().bind(|| insta::assert_snapshot!("trace_human_refused", out));
+    let (_, out, _) = run(&[
+        "trace",
+        "--world",
+        w.to_str().unwrap(),
+        "https://nowhere.example.org/",
+    ]);
+    assert!(
+        out.ends_with("refused by edge: edge_no_route (no worker route matches)\n"),
+        "{out}"
+    );
+    let (_, out, _) = run(&[
+        "trace",
+        "--world",
+        w.to_str().unwrap(),
+        "https://9999__misha.iterate.town/",
+    ]);
+    assert!(
+        out.ends_with("refused by machine proxy (mach_123): 502 proxy_error\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn trace_json_format() {
+    let w = world();
+    let (code, out, err) = run(&[
+        "trace",
+        "--json",
+        "--world",
+        w.to_str().unwrap(),
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: text/plain",
+        "--data",
+        "hi",
+        "https://my-proj.iterate.app/api",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["response"]["status"], 200);
+    assert_eq!(v["hops"][0]["hop"], "edge");
+    snap_settings().bind(|| insta::assert_yaml_snapshot!("trace_json", v));
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let w = world();
+    let (code, _, err) = run(&[
+        "trace",
+        "--world",
+        "/no/such/world.toml",
+        "https://x.iterate.town/",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err.trim(),
+        "ingress-sim: /no/such/world.toml: cannot read world file: No such file or directory (os error 2)"
+    );
+    let (code, _, err) = run(&["trace", "--world", w.to_str().unwrap(), "not a url"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot use URL \"not a url\""), "{err}");
+    let (code, _, err) = run(&[
+        "trace",
+        "--world",
+        w.to_str().unwrap(),
+        "-H",
+        "nocolon",
+        "https://misha.iterate.town/",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expected `Name: value`"), "{err}");
+    let (code, _, err) = run(&[
+        "trace",
+        "--world",
+        w.to_str().unwrap(),
+        "--fault",
+        "{\"fault\":\"nope\"}",
+        "https://misha.iterate.town/",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--fault"), "{err}");
+    let bad = std::env::temp_dir().join(format!("bad-world-{}.toml", std::process::id()));
+    std::fs::write(&bad, "name = \"x\"\n[env]\nOS_WORKER_ROUTES = 1\n").unwrap();
+    let (code, _, err) = run(&[
+        "trace",
+        "--world",
+        bad.to_str().unwrap(),
+        "https://x.iterate.town/",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("{}:3:", bad.display())), "{err}");
+    let _ = std::fs::remove_file(bad);
+}
+
+#[test]
+fn scenario_new_writes_a_loadable_scenario_with_the_observed_outcome() {
+    let dir = std::env::temp_dir().join(format!("scen-{}", std::process::id()));
+    let w = world();
+    let (code, out, err) = run(&[
+        "scenario",
+        "new",
+        "regressions/nomap",
+        "--world",
+        w.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "--description",
+        "container without 8080",
+        "https://nomap.iterate.town/x",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("wrote "), "{out}");
+    let path = dir.join("regressions/nomap.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let s = sim::scenario::Scenario::load(&path).unwrap();
+    assert_eq!(s.description, "container without 8080");
+    assert_eq!(
+        s.world, "default",
+        "a world under fixtures/worlds is referenced by name"
+    );
+    assert_eq!(s.steps[0].url, "https://nomap.iterate.town/x");
+    assert_eq!(s.steps[0].expect.status, Some(502));
+    assert_eq!(s.steps[0].expect.error.as_deref(), Some("proxy_error"));
+    // A second write without --force is refused; with it, allowed.
+    let (code, _, err) = run(&[
+        "scenario",
+        "new",
+        "regressions/nomap",
+        "--world",
+        w.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "https://nomap.iterate.town/x",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("exists"), "{err}");
+    // A success records the app that answered.
+    let (code, _, err) = run(&[
+        "scenario",
+        "new",
+        "ok_case",
+        "--world",
+        w.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "https://4096__misha.iterate.town/",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let s = sim::scenario::Scenario::load(&dir.join("ok_case.toml")).unwrap();
+    assert_eq!(s.steps[0].expect.app.as_deref(), Some("mach_123:4096"));
+    // Names cannot escape the scenarios directory.
+    let (code, _, _) = run(&[
+        "scenario",
+        "new",
+        "../escape",
+        "--world",
+        w.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        "https://misha.iterate.town/",
+    ]);
+    assert_eq!(code, 1);
+    snap_settings().bind(|| insta::assert_snapshot!("scenario_new_file", text));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn up_serves_until_ctrl_c() {
+    let w = world();
+    let mut child = Command::new(BIN)
+        .args(["up", "--world", w.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for _ in lines {}
+    });
+    let first = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("no first line");
+    let addr: std::net::SocketAddr = first
+        .strip_prefix("edge: http://")
+        .unwrap_or_else(|| panic!("first line was {first:?}"))
+        .parse()
+        .unwrap();
+    let resp = sim::client::send(
+        addr,
+        "GET",
+        "https://4096__mach_123.machines.iterate.town/x",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "ingress-sim up did not stop on Ctrl-C"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
