@@ -60,8 +60,19 @@ pub struct Limits {
     pub pool_idle_timeout: Duration,
     /// Maximum idle pooled connections kept per upstream port.
     pub pool_max_idle_per_port: usize,
-    /// Largest request head accepted, in bytes (hyper's read buffer limit).
+    /// Largest request head accepted, in bytes, from the request line through the blank line.
+    /// Larger → `431` and the connection is closed.
     pub max_request_head_bytes: usize,
+    /// Most header fields accepted in a request head. More → `431`.
+    pub max_request_headers: usize,
+    /// Largest response head accepted from an app (read-buffer bound). Larger → `502`.
+    pub max_response_head_bytes: usize,
+    /// Time the app has to send its response head once the request is sent. Past it → `504`.
+    /// Bodies and tunnels have no such timeout: streams may stay quiet as long as they like.
+    pub upstream_head_timeout: Duration,
+    /// With `Expect: 100-continue`, how long to wait for the app's `100` before sending the body
+    /// anyway (apps that ignore `Expect`).
+    pub expect_continue_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -73,7 +84,11 @@ impl Default for Limits {
             // is about to close.
             pool_idle_timeout: Duration::from_secs(4),
             pool_max_idle_per_port: 64,
-            max_request_head_bytes: 64 * 1024,
+            max_request_head_bytes: 32 * 1024,
+            max_request_headers: 100,
+            max_response_head_bytes: 64 * 1024,
+            upstream_head_timeout: Duration::from_secs(60),
+            expect_continue_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! One request through the proxy: health, secret, target header, header rewrite, forward, upgrade.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
@@ -11,15 +11,15 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 
-use crate::access_log::{CountingBody, LoggedBody, PendingLog, RequestRecord};
+use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
 use crate::config::{ProxyConfig, SECRET_HEADER, TARGET_HOST_HEADER, VIA_HEADER};
 use crate::hop_headers::{connection_has_token, strip_hop_by_hop};
 use crate::localhost::{LocalConnector, UpstreamAddr, connect_local};
 use crate::responses::{BoxBody, ProxyError, empty, health, json_error};
 use crate::target_host::{Target, TargetHostError, parse_target_host_bytes};
 use crate::tunnel::Tunnels;
+use crate::upstream_body::{ClientBody, UpstreamBody};
 
-pub(crate) type UpstreamBody = CountingBody<Incoming>;
 pub(crate) type ProxyBody = LoggedBody<BoxBody>;
 
 /// State shared by all connections of one `serve`.
@@ -143,7 +143,15 @@ async fn route(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::MethodNotAllowed);
     }
-    if req.headers().get_all(header::HOST).iter().count() > 1 {
+    // One request must reach the app as exactly one request: no ambiguous Host, no ambiguous
+    // framing (RFC 9112 §3.2, §6.1).
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+        return Err(ProxyError::InvalidRequest);
+    }
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
         return Err(ProxyError::InvalidRequest);
     }
     if let Some(secret) = &shared.cfg.secret {
@@ -167,15 +175,103 @@ async fn route(
     let uri = upstream_uri(req.uri(), target)?;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let expects_continue = parts
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     rewrite_request_headers(&mut parts.headers, target, upgrade);
     parts.uri = uri;
     parts.version = Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, CountingBody::new(body, bytes_in.clone()));
-
-    match client_upgrade {
-        None => forward(shared, upstream_req, record).await,
-        Some(client_upgrade) => upgrade_forward(shared, upstream_req, client_upgrade, record).await,
+    let client_errored = Arc::new(AtomicBool::new(false));
+    let body_started = Arc::new(AtomicBool::new(false));
+    let body_empty = hyper::body::Body::is_end_stream(&body);
+    let mut client_body = ClientBody::new(
+        body,
+        bytes_in.clone(),
+        client_errored.clone(),
+        body_started.clone(),
+    );
+    // A template for one safe retry: idempotent method, no body.
+    let retry = (is_idempotent(&parts.method) && body_empty && !upgrade).then(|| {
+        (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        )
+    });
+    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
+    if expects_continue && !body_empty {
+        client_body = client_body.gated(go_rx, shared.cfg.limits.expect_continue_timeout);
     }
+    let mut upstream_req = Request::from_parts(parts, UpstreamBody::Left(client_body));
+    if expects_continue {
+        hyper::ext::on_informational(&mut upstream_req, move |res| {
+            if res.status() == StatusCode::CONTINUE {
+                go_tx.send_replace(true);
+            }
+        });
+    }
+
+    let mut resp = match client_upgrade {
+        None => forward(shared, upstream_req, retry, &client_errored, record).await?,
+        Some(client_upgrade) => {
+            upgrade_forward(shared, upstream_req, client_upgrade, record).await?
+        }
+    };
+    if expects_continue && !body_empty && !body_started.load(Ordering::Relaxed) {
+        // The app answered before asking for the body: close instead of letting hyper read the
+        // body to keep the connection (which would send `100 Continue` and pull the upload).
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+/// Size of a response head as it came off the wire, near enough: status line and
+/// `name: value\r\n` per field.
+fn response_head_len(resp: &Response<Incoming>) -> usize {
+    let fields: usize = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    fields + 17 + resp.status().canonical_reason().map_or(0, str::len)
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Whether a failed upstream request provably did not get an answer because the connection
+/// died under it (a pooled connection the app closed, as Node does after 5 s idle) rather than
+/// because the app is down: only then may a body-less idempotent request be sent again.
+fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// `http://localhost:<port><path-and-query>`, the path and query byte-for-byte.
@@ -218,20 +314,46 @@ fn map_upstream_response(resp: Response<Incoming>, keep_upgrade: bool) -> Respon
     Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }
 
+type RetryTemplate = (Method, Uri, http::HeaderMap);
+
 async fn forward(
     shared: &Shared,
     req: Request<UpstreamBody>,
+    retry: Option<RetryTemplate>,
+    client_errored: &AtomicBool,
     record: &mut RequestRecord,
 ) -> Result<Response<BoxBody>, ProxyError> {
-    match shared.client.request(req).await {
-        Ok(resp) => {
+    let head_timeout = shared.cfg.limits.upstream_head_timeout;
+    let mut attempt = tokio::time::timeout(head_timeout, shared.client.request(req)).await;
+    if let (Ok(Err(e)), Some((method, uri, headers))) = (&attempt, retry)
+        && stale_connection(e)
+    {
+        tracing::debug!(request_id = %record.request_id, error = ?e, "stale upstream connection; retrying once");
+        let mut again = Request::new(UpstreamBody::Right(http_body_util::Empty::new()));
+        *again.method_mut() = method;
+        *again.uri_mut() = uri;
+        *again.headers_mut() = headers;
+        attempt = tokio::time::timeout(head_timeout, shared.client.request(again)).await;
+    }
+    match attempt {
+        Ok(Ok(resp)) => {
             record.upstream_addr = resp.extensions().get::<UpstreamAddr>().map(|a| a.0);
+            if response_head_len(&resp) > shared.cfg.limits.max_response_head_bytes {
+                tracing::debug!(request_id = %record.request_id, "response head too large");
+                return Err(ProxyError::ProxyError);
+            }
             Ok(map_upstream_response(resp, false))
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::debug!(request_id = %record.request_id, error = ?e, "upstream request failed");
-            Err(ProxyError::ProxyError)
+            if client_errored.load(Ordering::Relaxed) {
+                // The client's own body was malformed or cut: not the app's fault.
+                Err(ProxyError::InvalidRequest)
+            } else {
+                Err(ProxyError::ProxyError)
+            }
         }
+        Err(_) => Err(ProxyError::UpstreamTimeout),
     }
 }
 
@@ -268,10 +390,13 @@ async fn upgrade_forward(
         .path_and_query()
         .map(|pq| Uri::from(pq.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
-    let mut resp = sender
-        .send_request(Request::from_parts(parts, body))
-        .await
-        .map_err(|_| ProxyError::ProxyError)?;
+    let mut resp = tokio::time::timeout(
+        shared.cfg.limits.upstream_head_timeout,
+        sender.send_request(Request::from_parts(parts, body)),
+    )
+    .await
+    .map_err(|_| ProxyError::UpstreamTimeout)?
+    .map_err(|_| ProxyError::ProxyError)?;
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(map_upstream_response(resp, false));

@@ -55,9 +55,31 @@ struct Args {
     #[arg(long, env = "PROJECT_INGRESS_PROXY_POOL_IDLE_TIMEOUT", default_value = "4s", value_parser = parse_duration)]
     pool_idle_timeout: Duration,
 
-    /// Largest request head accepted, in bytes.
-    #[arg(long, env = "PROJECT_INGRESS_PROXY_MAX_REQUEST_HEAD_BYTES", default_value_t = 64 * 1024)]
+    /// Largest request head accepted, in bytes, from the request line through the blank line
+    /// (larger: 431 and the connection is closed).
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_MAX_REQUEST_HEAD_BYTES", default_value_t = 32 * 1024)]
     max_request_head_bytes: usize,
+
+    /// Most header fields accepted in a request (more: 431).
+    #[arg(
+        long,
+        env = "PROJECT_INGRESS_PROXY_MAX_REQUEST_HEADERS",
+        default_value_t = 100
+    )]
+    max_request_headers: usize,
+
+    /// Largest response head accepted from an app, in bytes (larger: 502).
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_MAX_RESPONSE_HEAD_BYTES", default_value_t = 64 * 1024)]
+    max_response_head_bytes: usize,
+
+    /// Time the app has to send its response head (past it: 504 upstream_timeout). Streams are not
+    /// subject to it once the head is out.
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_UPSTREAM_HEAD_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    upstream_head_timeout: Duration,
+
+    /// With `Expect: 100-continue`, how long to wait for the app's 100 before sending the body anyway.
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_EXPECT_CONTINUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    expect_continue_timeout: Duration,
 
     /// Header a request id is read from for the access log.
     #[arg(
@@ -158,6 +180,10 @@ fn main() -> anyhow::Result<()> {
             connect_timeout: args.connect_timeout,
             pool_idle_timeout: args.pool_idle_timeout,
             max_request_head_bytes: args.max_request_head_bytes,
+            max_request_headers: args.max_request_headers,
+            max_response_head_bytes: args.max_response_head_bytes,
+            upstream_head_timeout: args.upstream_head_timeout,
+            expect_continue_timeout: args.expect_continue_timeout,
             ..Limits::default()
         },
         request_id_header: args.request_id_header.clone(),

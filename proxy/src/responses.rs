@@ -23,6 +23,8 @@ pub enum ProxyError {
     MethodNotAllowed,
     /// The app could not be reached or failed before sending a response head.
     ProxyError,
+    /// The app did not send a response head in time.
+    UpstreamTimeout,
 }
 
 impl ProxyError {
@@ -35,6 +37,7 @@ impl ProxyError {
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ProxyError => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -47,6 +50,7 @@ impl ProxyError {
             ProxyError::InvalidRequest => "invalid_request",
             ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::ProxyError => "proxy_error",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
         }
     }
 }

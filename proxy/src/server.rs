@@ -15,6 +15,9 @@ use crate::config::ProxyConfig;
 use crate::handler::{Shared, handle};
 use crate::localhost::LocalConnector;
 
+/// Most header fields accepted in an app's response head.
+const MAX_RESPONSE_HEADERS: usize = 200;
+
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains: stops accepting, lets
 /// in-flight requests and tunnels finish for up to `drain_timeout`, closes what is left and
 /// returns `Ok(())`.
@@ -32,6 +35,8 @@ where
         .pool_idle_timeout(config.limits.pool_idle_timeout)
         .pool_max_idle_per_host(config.limits.pool_max_idle_per_port)
         .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(config.limits.max_response_head_bytes.max(8192))
+        .http1_max_headers(MAX_RESPONSE_HEADERS)
         .set_host(false)
         .build(connector);
     let drain_timeout = config.drain_timeout;
@@ -63,7 +68,10 @@ where
                 builder
                     .timer(TokioTimer::new())
                     .header_read_timeout(limits.header_read_timeout)
-                    .max_buf_size(limits.max_request_head_bytes.max(8192))
+                    .max_header_size(limits.max_request_head_bytes)
+                    .max_headers(limits.max_request_headers)
+                    // The read buffer bounds per-connection memory; it must hold a whole head.
+                    .max_buf_size((limits.max_request_head_bytes + 8192).max(16 * 1024))
                     .keep_alive(true);
                 let conn = builder
                     .serve_connection(

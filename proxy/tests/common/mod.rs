@@ -85,6 +85,10 @@ pub struct AppControl {
     pub slow_release: Notify,
     /// Counts accepted TCP connections.
     pub connections: std::sync::atomic::AtomicUsize,
+    /// `/upload` bodies that ended cleanly.
+    pub uploads_ok: std::sync::atomic::AtomicUsize,
+    /// `/upload` bodies that failed part-way.
+    pub uploads_failed: std::sync::atomic::AtomicUsize,
 }
 
 fn fnv(data: &[u8], mut h: u64) -> u64 {
@@ -176,6 +180,7 @@ async fn app_handle(
         "/upload" => {
             let mut body = req.into_body();
             let (mut n, mut h) = (0u64, FNV_INIT);
+            let mut ok = true;
             while let Some(frame) = body.frame().await {
                 match frame {
                     Ok(f) => {
@@ -184,9 +189,18 @@ async fn app_handle(
                             h = fnv(d, h);
                         }
                     }
-                    Err(_) => break,
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
                 }
             }
+            let counter = if ok {
+                &ctl.uploads_ok
+            } else {
+                &ctl.uploads_failed
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(Response::new(full(format!("{n} {h:x}"))))
         }
         "/cookies" => Ok(Response::builder()
