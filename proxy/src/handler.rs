@@ -199,12 +199,15 @@ async fn route(
             parts.headers.clone(),
         )
     });
-    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
-    if expects_continue && !body_empty {
+    let go_tx = if expects_continue && !body_empty {
+        let (go_tx, go_rx) = tokio::sync::watch::channel(false);
         client_body = client_body.gated(go_rx, shared.cfg.limits.expect_continue_timeout);
-    }
+        Some(go_tx)
+    } else {
+        None
+    };
     let mut upstream_req = Request::from_parts(parts, UpstreamBody::Left(client_body));
-    if expects_continue {
+    if let Some(go_tx) = go_tx {
         hyper::ext::on_informational(&mut upstream_req, move |res| {
             if res.status() == StatusCode::CONTINUE {
                 go_tx.send_replace(true);

@@ -7,7 +7,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-const FIXED_HOP_BY_HOP: [&str; 3] = ["keep-alive", "proxy-connection", "transfer-encoding"];
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Whether the `Connection` header lists `token` (case-insensitive, on any `Connection` line).
 pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
@@ -22,25 +23,27 @@ pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `keep_upgrade`, the `Upgrade` header is kept and
 /// `Connection: upgrade` is set again after the removal (used for upgrade requests and 101 responses).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if keep_upgrade && name == header::UPGRADE {
-            continue;
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if keep_upgrade && name == header::UPGRADE {
+                continue;
+            }
+            headers.remove(&name);
         }
-        headers.remove(&name);
+        headers.remove(header::CONNECTION);
     }
-    headers.remove(header::CONNECTION);
-    for name in FIXED_HOP_BY_HOP {
-        headers.remove(name);
-    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
     // TE: only "trailers" may be forwarded (RFC 9110 §10.1.4 allows it end to end for HTTP/1.1 peers).
-    let te_trailers_only = {
+    let te_trailers_only = headers.contains_key(header::TE) && {
         let mut values = headers.get_all(header::TE).iter().peekable();
         values.peek().is_some()
             && values.all(|v| {

@@ -345,3 +345,64 @@ async fn huge_bodies_stream_in_bounded_memory() {
         "proxy peak RSS {peak_kib} KiB: bodies are being buffered"
     );
 }
+
+#[tokio::test]
+async fn sigterm_drain_with_requests_sse_and_websockets() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let (app, ctl) = start_app().await;
+    let ws_app = start_ws_app().await;
+    let mut p = spawn(&["--drain-timeout", "1s"], &[]).await;
+    let addr = p.addr;
+    let target = format!("localhost:{}", app.port());
+
+    // An open WebSocket, proven to work before the signal.
+    let mut req = format!("ws://{addr}/ws").into_client_request().unwrap();
+    req.headers_mut().insert(
+        "x-iterate-proxy-target-host",
+        format!("localhost:{}", ws_app.port()).parse().unwrap(),
+    );
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    ws.send(Message::Text("before".into())).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Text("echo:before".into())
+    );
+
+    // An open SSE stream that never ends by itself.
+    let t = target.clone();
+    let sse = tokio::spawn(async move {
+        let resp = send(addr, get("/sse", "h", Some(&t))).await;
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        (first, body.collect().await.map(|c| c.to_bytes()))
+    });
+    // A short request in flight.
+    let t = target.clone();
+    let short = tokio::spawn(async move { send(addr, get("/slow", "h", Some(&t))).await });
+    wait_until(Duration::from_secs(5), "sse + slow at the app", || {
+        ctl.connections.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+
+    p.signal(libc::SIGTERM);
+    ctl.slow_release.notify_one();
+    // The short request completes normally.
+    let resp = short.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_string(resp).await, "slow done");
+    // The process exits 0 once the drain deadline closes the long streams.
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).await, 0);
+    // The SSE stream was cut, visibly (an error, not a clean end).
+    let (first, rest) = sse.await.unwrap();
+    assert_eq!(first, "data: first\n\n");
+    assert!(rest.is_err(), "the SSE stream ended cleanly at shutdown");
+    // The WebSocket was closed by the drain.
+    let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("websocket left open");
+    assert!(!matches!(next, Some(Ok(Message::Text(_)))), "{next:?}");
+}

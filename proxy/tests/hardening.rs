@@ -580,3 +580,47 @@ async fn expect_continue_upload_proceeds_when_the_app_wants_it() {
     assert!(text.contains("\r\n\r\n10 "), "{text}");
     assert_eq!(ctl.uploads_ok.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn upstream_connect_timeout_is_502() {
+    // A listener that never accepts, its queue filled: further SYNs are dropped, so a connect
+    // hangs until the proxy's connect timeout.
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    s.listen(0).unwrap();
+    let app = s.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(c)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(app)).await
+        {
+            fillers.push(c);
+        }
+    }
+    let p = proxy_with(
+        app,
+        Limits {
+            connect_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let resp = raw(
+        p.addr,
+        format!("GET / HTTP/1.1\r\nHost: a\r\n{T}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_of(&resp), 502, "{}", short(&resp));
+    assert!(
+        resp.ends_with("{\"error\":\"proxy_error\"}"),
+        "{}",
+        short(&resp)
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "answered before the connect timeout: the queue was not full"
+    );
+    drop(s);
+}

@@ -2,11 +2,20 @@
 //!
 //! - `e2e [FILTER…] [--list] [--accept] [--junit PATH] [--backend in-process]`: every end-to-end
 //!   scenario through the simulated chain, compared with reviewed snapshots.
+//! - `fuzz [--cases N]`: the proxy's property tests (target parsing, request heads) with a large
+//!   budget, in release mode.
+//! - `bench [--quick]`: throughput, latency, CPU and memory of the proxy against direct, nginx and
+//!   HAProxy, written to `target/bench/results.{md,json}`.
+//! - `soak [--requests N] [--seconds S]`: mixed traffic through the release proxy binary, checking
+//!   memory and file descriptors do not grow.
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+
+mod bench;
+mod upstream;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Project tasks")]
@@ -22,6 +31,31 @@ enum Task {
     E2e {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Property-based fuzzing of the proxy's parsing and request-head path.
+    Fuzz {
+        /// Cases per property.
+        #[arg(long, default_value_t = 20_000)]
+        cases: u32,
+    },
+    /// Benchmark the proxy against direct, nginx and HAProxy (a few minutes; `--quick`: under one).
+    Bench {
+        #[arg(long)]
+        quick: bool,
+    },
+    /// (used by `bench`) the bench's upstream server.
+    #[command(hide = true)]
+    BenchUpstream {
+        #[arg(long)]
+        port: u16,
+    },
+    /// A bounded soak of the release proxy binary.
+    Soak {
+        #[arg(long, default_value_t = 1_000_000)]
+        requests: u64,
+        /// Stop after this many seconds even if fewer requests were sent.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
     },
 }
 
@@ -49,6 +83,47 @@ fn main() -> Result<ExitCode> {
                 "--",
             ])
             .args(args);
+            status(cmd)
+        }
+        Task::Bench { quick } => {
+            bench::run(bench::Opts { quick })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::BenchUpstream { port } => {
+            upstream::serve(port)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Fuzz { cases } => {
+            let mut cmd = cargo();
+            cmd.args([
+                "test",
+                "--release",
+                "--package",
+                "project-ingress-proxy",
+                "--test",
+                "properties",
+                "--",
+                "--nocapture",
+            ])
+            .env("PROPTEST_CASES", cases.to_string());
+            println!("fuzz: {cases} cases per property");
+            status(cmd)
+        }
+        Task::Soak { requests, seconds } => {
+            let mut cmd = cargo();
+            cmd.args([
+                "test",
+                "--release",
+                "--package",
+                "project-ingress-proxy",
+                "--test",
+                "soak",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("SOAK_REQUESTS", requests.to_string())
+            .env("SOAK_SECONDS", seconds.to_string());
             status(cmd)
         }
     }
