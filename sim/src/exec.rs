@@ -260,12 +260,8 @@ fn fold_echo_headers(doc: &mut StepDoc) {
     }
 }
 
-async fn read_response(resp: http::Response<hyper::body::Incoming>) -> ResponseDoc {
-    let status = resp.status().as_u16();
-    let headers = shown_headers(resp.headers());
-    let mut body = resp.into_body();
-    let mut buf = Vec::new();
-    let mut truncated = false;
+/// Reads the rest of a body into `buf`; true when it ended with an error (cut short).
+async fn drain(body: &mut hyper::body::Incoming, buf: &mut Vec<u8>) -> bool {
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(f) => {
@@ -273,12 +269,18 @@ async fn read_response(resp: http::Response<hyper::body::Incoming>) -> ResponseD
                     buf.extend_from_slice(d);
                 }
             }
-            Err(_) => {
-                truncated = true;
-                break;
-            }
+            Err(_) => return true,
         }
     }
+    false
+}
+
+async fn read_response(resp: http::Response<hyper::body::Incoming>) -> ResponseDoc {
+    let status = resp.status().as_u16();
+    let headers = shown_headers(resp.headers());
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let truncated = drain(&mut body, &mut buf).await;
     ResponseDoc {
         status,
         headers,
@@ -344,19 +346,7 @@ async fn run_sse(
         world.release(&m, p);
     }
     if !truncated {
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(f) => {
-                    if let Some(d) = f.data_ref() {
-                        buf.extend_from_slice(d);
-                    }
-                }
-                Err(_) => {
-                    truncated = true;
-                    break;
-                }
-            }
-        }
+        truncated = drain(&mut body, &mut buf).await;
     }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let events: Vec<String> = text

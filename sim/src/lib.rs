@@ -10,6 +10,7 @@ pub mod client;
 pub mod edge;
 pub mod exec;
 pub mod faults;
+pub mod fixture_file;
 pub mod machine;
 pub mod net;
 pub mod providers;

@@ -129,51 +129,16 @@ pub struct Scenario {
     pub steps: Vec<Step>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ScenarioError {
-    #[error("{path}: cannot read scenario: {error}")]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
+pub type ScenarioError = crate::fixture_file::FixtureError;
 
 impl Scenario {
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let text = crate::fixture_file::read(path, "scenario")?;
         Scenario::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
-        let s: Scenario = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|sp| crate::world::line_col(text, sp.start))
-                .unwrap_or((0, 0));
-            ScenarioError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().to_string(),
-            }
-        })?;
-        s.validate().map_err(|message| ScenarioError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(s)
+        crate::fixture_file::parse(text, path, Scenario::validate)
     }
 
     fn validate(&self) -> Result<(), String> {

@@ -252,59 +252,55 @@ impl TraceStore {
             .unwrap_or_default()
     }
 
-    /// Waits until the request is finished at the edge and `extra` holds, or the deadline passes;
-    /// returns the events either way.
-    pub async fn wait_finished(
+    /// Waits until `pred(finished_at_edge, events)` holds or the deadline passes; returns the
+    /// events either way.
+    async fn wait_until(
         &self,
         id: &str,
         deadline: Duration,
-        extra: impl Fn(&[Event]) -> bool,
+        pred: impl Fn(bool, &[Event]) -> bool,
     ) -> Vec<Event> {
         let end = tokio::time::Instant::now() + deadline;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (done, evs) = {
-                let g = match self.inner.lock() {
-                    Ok(g) => g,
-                    Err(_) => return Vec::new(),
-                };
-                (
+            let (done, evs) = match self.inner.lock() {
+                Ok(g) => (
                     g.done.get(id).copied().unwrap_or(false),
                     g.events.get(id).cloned().unwrap_or_default(),
-                )
+                ),
+                Err(_) => return Vec::new(),
             };
-            if done && extra(&evs) {
-                return evs;
-            }
-            if tokio::time::timeout_at(end, notified).await.is_err() {
-                return evs;
-            }
-        }
-    }
-
-    /// Waits until `cond` holds on the events of `id` (used for direct machine requests, which
-    /// have no edge to finish them).
-    pub async fn wait_for(
-        &self,
-        id: &str,
-        deadline: Duration,
-        cond: impl Fn(&[Event]) -> bool,
-    ) -> Vec<Event> {
-        let end = tokio::time::Instant::now() + deadline;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let evs = self.events(id);
-            if cond(&evs) {
+            if pred(done, &evs) {
                 return evs;
             }
             if tokio::time::timeout_at(end, notified).await.is_err() {
                 return self.events(id);
             }
         }
+    }
+
+    /// Waits until the request is finished at the edge and `extra` holds.
+    pub async fn wait_finished(
+        &self,
+        id: &str,
+        deadline: Duration,
+        extra: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        self.wait_until(id, deadline, |done, evs| done && extra(evs))
+            .await
+    }
+
+    /// Waits until `cond` holds on the events of `id` (direct machine requests have no edge to
+    /// finish them).
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        deadline: Duration,
+        cond: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        self.wait_until(id, deadline, |_, evs| cond(evs)).await
     }
 }
 

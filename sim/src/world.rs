@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -327,49 +327,17 @@ pub struct WorldSpec {
 }
 
 /// A world file that could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum WorldError {
-    #[error("{path}: cannot read world file: {error}")]
-    Read {
-        path: PathBuf,
-        error: std::io::Error,
-    },
-    #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
+pub type WorldError = crate::fixture_file::FixtureError;
 
 impl WorldSpec {
     pub fn load(path: &Path) -> Result<WorldSpec, WorldError> {
-        let text = std::fs::read_to_string(path).map_err(|error| WorldError::Read {
-            path: path.to_path_buf(),
-            error,
-        })?;
+        let text = crate::fixture_file::read(path, "world file")?;
         WorldSpec::parse(&text, path)
     }
 
     /// Parses and validates; `path` is used in messages only.
     pub fn parse(text: &str, path: &Path) -> Result<WorldSpec, WorldError> {
-        let spec: WorldSpec = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
-            WorldError::Parse {
-                path: path.to_path_buf(),
-                line,
-                column,
-                message: e.message().to_string(),
-            }
-        })?;
-        spec.validate().map_err(|message| WorldError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        })?;
-        Ok(spec)
+        crate::fixture_file::parse(text, path, WorldSpec::validate)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -452,13 +420,6 @@ pub fn fault_target(f: &crate::faults::Fault) -> Option<(&str, Option<u16>)> {
         | ProviderSlow { .. }
         | ProviderHealthy { .. } => None,
     }
-}
-
-pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map(|i| offset - i).unwrap_or(offset + 1);
-    (line, column)
 }
 
 impl fmt::Display for WorldSpec {

@@ -158,6 +158,21 @@ fn bad_input_is_a_clear_error() {
     let _ = std::fs::remove_file(bad);
 }
 
+/// `ingress-sim scenario new NAME --world default --dir DIR URL`.
+fn scenario_new(dir: &Path, name: &str, url: &str) -> (i32, String, String) {
+    let w = world();
+    run(&[
+        "scenario",
+        "new",
+        name,
+        "--world",
+        w.to_str().unwrap(),
+        "--dir",
+        dir.to_str().unwrap(),
+        url,
+    ])
+}
+
 #[test]
 fn scenario_new_writes_a_loadable_scenario_with_the_observed_outcome() {
     let dir = std::env::temp_dir().join(format!("scen-{}", std::process::id()));
@@ -188,43 +203,16 @@ fn scenario_new_writes_a_loadable_scenario_with_the_observed_outcome() {
     assert_eq!(s.steps[0].expect.status, Some(502));
     assert_eq!(s.steps[0].expect.error.as_deref(), Some("proxy_error"));
     // A second write without --force is refused; with it, allowed.
-    let (code, _, err) = run(&[
-        "scenario",
-        "new",
-        "regressions/nomap",
-        "--world",
-        w.to_str().unwrap(),
-        "--dir",
-        dir.to_str().unwrap(),
-        "https://nomap.iterate.town/x",
-    ]);
+    let (code, _, err) = scenario_new(&dir, "regressions/nomap", "https://nomap.iterate.town/x");
     assert_eq!(code, 1);
     assert!(err.contains("exists"), "{err}");
     // A success records the app that answered.
-    let (code, _, err) = run(&[
-        "scenario",
-        "new",
-        "ok_case",
-        "--world",
-        w.to_str().unwrap(),
-        "--dir",
-        dir.to_str().unwrap(),
-        "https://4096__misha.iterate.town/",
-    ]);
+    let (code, _, err) = scenario_new(&dir, "ok_case", "https://4096__misha.iterate.town/");
     assert_eq!(code, 0, "{err}");
     let s = sim::scenario::Scenario::load(&dir.join("ok_case.toml")).unwrap();
     assert_eq!(s.steps[0].expect.app.as_deref(), Some("mach_123:4096"));
     // Names cannot escape the scenarios directory.
-    let (code, _, _) = run(&[
-        "scenario",
-        "new",
-        "../escape",
-        "--world",
-        w.to_str().unwrap(),
-        "--dir",
-        dir.to_str().unwrap(),
-        "https://misha.iterate.town/",
-    ]);
+    let (code, _, _) = scenario_new(&dir, "../escape", "https://misha.iterate.town/");
     assert_eq!(code, 1);
     snap_settings().bind(|| insta::assert_snapshot!("scenario_new_file", text));
     let _ = std::fs::remove_dir_all(dir);

@@ -63,6 +63,26 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// `cargo test --release -p project-ingress-proxy --test NAME -- EXTRA --nocapture` with env vars.
+fn proxy_test_release(name: &str, extra: &[&str], env: &[(&str, u64)]) -> Command {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "--release",
+        "--package",
+        "project-ingress-proxy",
+        "--test",
+        name,
+        "--",
+    ])
+    .args(extra)
+    .arg("--nocapture");
+    for (k, v) in env {
+        cmd.env(k, v.to_string());
+    }
+    cmd
+}
+
 fn status(mut cmd: Command) -> Result<ExitCode> {
     let st = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8))
@@ -94,37 +114,17 @@ fn main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Task::Fuzz { cases } => {
-            let mut cmd = cargo();
-            cmd.args([
-                "test",
-                "--release",
-                "--package",
-                "project-ingress-proxy",
-                "--test",
-                "properties",
-                "--",
-                "--nocapture",
-            ])
-            .env("PROPTEST_CASES", cases.to_string());
             println!("fuzz: {cases} cases per property");
-            status(cmd)
+            status(proxy_test_release(
+                "properties",
+                &[],
+                &[("PROPTEST_CASES", u64::from(cases))],
+            ))
         }
-        Task::Soak { requests, seconds } => {
-            let mut cmd = cargo();
-            cmd.args([
-                "test",
-                "--release",
-                "--package",
-                "project-ingress-proxy",
-                "--test",
-                "soak",
-                "--",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env("SOAK_REQUESTS", requests.to_string())
-            .env("SOAK_SECONDS", seconds.to_string());
-            status(cmd)
-        }
+        Task::Soak { requests, seconds } => status(proxy_test_release(
+            "soak",
+            &["--ignored"],
+            &[("SOAK_REQUESTS", requests), ("SOAK_SECONDS", seconds)],
+        )),
     }
 }

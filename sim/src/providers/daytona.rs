@@ -15,7 +15,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{forward_to_machine, refuse};
+use super::{forward_to_machine, host_of, provider_faults, refuse};
 use crate::net::{BoxBody, text_response};
 use crate::runtime::WorldState;
 use crate::world::{MachineState, ProviderKind};
@@ -36,26 +36,17 @@ pub async fn proxy_handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<BoxBody> {
-    if let Some(delay) = state.provider_delay(ProviderKind::Daytona) {
-        tokio::time::sleep(delay).await;
+    let fault = provider_faults(
+        &state,
+        ProviderKind::Daytona,
+        &req,
+        "preview proxy",
+        "simulated preview proxy failure",
+    );
+    if let Some(resp) = fault.await {
+        return resp;
     }
-    if let Some(code) = state.provider_status(ProviderKind::Daytona) {
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return refuse(
-            &state,
-            "daytona",
-            &req,
-            format!("preview proxy fault: answers {code}"),
-            text_response(status, "simulated preview proxy failure"),
-        );
-    }
-    let host_header = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let host = host_header.split(':').next().unwrap_or("").to_string();
+    let host = host_of(&req);
     let Some((port, sandbox)) = parse_preview_host(&host) else {
         return refuse(
             &state,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{forward_to_machine, refuse, trace_id};
+use super::{forward_to_machine, host_of, provider_faults, refuse, trace_id};
 use crate::net::{BoxBody, text_response};
 use crate::runtime::WorldState;
 use crate::world::{MachineState, ProviderKind};
@@ -45,26 +45,10 @@ pub async fn edge_handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<BoxBody> {
-    if let Some(delay) = state.provider_delay(ProviderKind::Fly) {
-        tokio::time::sleep(delay).await;
+    if let Some(resp) = provider_faults(&state, ProviderKind::Fly, &req, "edge", "").await {
+        return resp;
     }
-    if let Some(code) = state.provider_status(ProviderKind::Fly) {
-        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-        return refuse(
-            &state,
-            "fly",
-            &req,
-            format!("edge fault: answers {code}"),
-            text_response(status, ""),
-        );
-    }
-    let host = req
-        .headers()
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let host = host.split(':').next().unwrap_or("").to_string();
+    let host = host_of(&req);
     let app = host
         .strip_suffix(&format!(".{FLY_BASE_DOMAIN}"))
         .unwrap_or("")

@@ -90,6 +90,40 @@ fn provider_unreachable(provider: &str) -> (StatusCode, &'static str) {
     }
 }
 
+/// The provider's switched-on faults: first a delay, then, if set, a fixed answer that never
+/// reaches the machine. `label` names the part of the provider that answers.
+pub(crate) async fn provider_faults(
+    state: &Arc<WorldState>,
+    kind: crate::world::ProviderKind,
+    req: &Request<Incoming>,
+    label: &str,
+    body: &str,
+) -> Option<Response<BoxBody>> {
+    if let Some(delay) = state.provider_delay(kind) {
+        tokio::time::sleep(delay).await;
+    }
+    let code = state.provider_status(kind)?;
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    Some(refuse(
+        state,
+        kind.as_str(),
+        req,
+        format!("{label} fault: answers {code}"),
+        text_response(status, body),
+    ))
+}
+
+/// The request's `Host`, lowercased, without a port.
+pub(crate) fn host_of(req: &Request<Incoming>) -> String {
+    let h = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    h.split(':').next().unwrap_or("").to_string()
+}
+
 pub(crate) fn trace_id(req: &Request<Incoming>) -> Option<String> {
     req.headers()
         .get(TRACE_HEADER)
