@@ -33,6 +33,10 @@ pub struct Args {
     /// Scenarios run at the same time.
     #[arg(long, default_value_t = 8)]
     pub jobs: usize,
+    /// Use another fixtures tree (its `worlds/`, `scenarios/`, `snapshots/`); for the harness's
+    /// own tests.
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub fixtures: Option<std::path::PathBuf>,
 }
 
 /// Drops the flags `cargo test` hands to every test binary (libtest's), which mean nothing here.
@@ -84,7 +88,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    let layout = Layout::from_manifest();
+    let layout = match &args.fixtures {
+        Some(dir) => Layout::with_fixtures(dir.clone()),
+        None => Layout::from_manifest(),
+    };
     let all = match discover(&layout) {
         Ok(f) => f,
         Err(e) => {

@@ -17,25 +17,29 @@ use sim::{World, WorldSpec};
 /// Where the fixtures are.
 #[derive(Debug, Clone)]
 pub struct Layout {
-    pub root: PathBuf,
+    /// The fixtures directory (holding `worlds/`, `scenarios/`, `snapshots/`).
+    pub fixtures: PathBuf,
 }
 
 impl Layout {
-    /// The workspace root (the directory holding `fixtures/`), found from this crate's location.
+    /// The workspace's `fixtures/`, found from this crate's location.
     pub fn from_manifest() -> Layout {
         let here = Path::new(env!("CARGO_MANIFEST_DIR"));
         Layout {
-            root: here.parent().unwrap_or(here).to_path_buf(),
+            fixtures: here.parent().unwrap_or(here).join("fixtures"),
         }
     }
+    pub fn with_fixtures(fixtures: PathBuf) -> Layout {
+        Layout { fixtures }
+    }
     pub fn scenarios(&self) -> PathBuf {
-        self.root.join("fixtures/scenarios")
+        self.fixtures.join("scenarios")
     }
     pub fn worlds(&self) -> PathBuf {
-        self.root.join("fixtures/worlds")
+        self.fixtures.join("worlds")
     }
     pub fn snapshots(&self) -> PathBuf {
-        self.root.join("fixtures/snapshots")
+        self.fixtures.join("snapshots")
     }
 }
 

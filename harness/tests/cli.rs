@@ -1,0 +1,171 @@
+//! The e2e runner's own behaviour, on a throwaway fixtures tree: listing, filtering, a new
+//! snapshot under CI (refused, nothing written) and locally (`.snap.new`), `--accept`, a changed
+//! routing outcome (fails with the diff), exit codes, the summary line, and JUnit.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_e2e");
+
+fn fixtures() -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("e2e-cli-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(dir.join("worlds")).unwrap();
+    std::fs::create_dir_all(dir.join("scenarios/demo")).unwrap();
+    let world = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/worlds/default.toml"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("worlds/default.toml"), world).unwrap();
+    std::fs::write(
+        dir.join("scenarios/demo/ok_port.toml"),
+        "description = \"4096 prefix\"\nworld = \"default\"\n[[steps]]\nurl = \"https://4096__misha.iterate.town/\"\nexpect = { status = 200 }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("scenarios/demo/no_route.toml"),
+        "description = \"no route\"\nworld = \"default\"\n[[steps]]\nurl = \"https://google.com/\"\nexpect = { status = 404, error = \"edge_no_route\" }\n",
+    )
+    .unwrap();
+    dir
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn e2e(dir: &Path, args: &[&str], ci: bool) -> (i32, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--fixtures")
+        .arg(dir)
+        .args(args)
+        .env_remove("INSTA_UPDATE")
+        .env_remove("INSTA_FORCE_PASS");
+    if ci {
+        cmd.env("CI", "true");
+    } else {
+        cmd.env_remove("CI")
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("BUILDKITE")
+            .env_remove("TF_BUILD");
+        cmd.env("INSTA_UPDATE", "auto");
+    }
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn snaps(dir: &Path, ext: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("snapshots/demo"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(ext))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn runner_lifecycle() {
+    let dir = fixtures();
+
+    let (code, out) = e2e(&dir, &["--list"], true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("demo/no_route")
+            && out.contains("demo/ok_port")
+            && out.contains("2 scenarios"),
+        "{out}"
+    );
+
+    // New snapshots under CI: fail, nothing written.
+    let (code, out) = e2e(&dir, &[], true);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("e2e: 0 passed, 2 failed"), "{out}");
+    assert!(
+        snaps(&dir, ".snap.new").is_empty() && snaps(&dir, ".snap").is_empty(),
+        "CI must not write snapshots"
+    );
+
+    // Locally: fail, and `.snap.new` files appear for review.
+    let (code, out) = e2e(&dir, &[], false);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        snaps(&dir, ".snap.new"),
+        vec!["no_route-01.snap.new", "ok_port-01.snap.new"]
+    );
+
+    // --accept records them; then CI passes.
+    let (code, out) = e2e(&dir, &["--accept"], true);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        snaps(&dir, ".snap"),
+        vec!["no_route-01.snap", "ok_port-01.snap"]
+    );
+    let (code, out) = e2e(&dir, &[], true);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("e2e: 2 passed, 0 failed"), "{out}");
+
+    // A filter runs only the matching scenario.
+    let (code, out) = e2e(&dir, &["ok_port"], true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("e2e: 1 passed, 0 failed") && !out.contains("demo/no_route"),
+        "{out}"
+    );
+
+    // A routing change shows up as a failing diff: the same URL now reaches 3000, not 4096.
+    std::fs::write(
+        dir.join("scenarios/demo/ok_port.toml"),
+        "description = \"4096 prefix\"\nworld = \"default\"\n[[steps]]\nurl = \"https://misha.iterate.town/\"\nexpect = { status = 200 }\n",
+    )
+    .unwrap();
+    let junit = dir.join("report.xml");
+    let (code, out) = e2e(&dir, &["--junit", junit.to_str().unwrap()], true);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("FAIL demo/ok_port"), "{out}");
+    assert!(
+        out.contains("target_port: 4096") && out.contains("target_port: 3000"),
+        "the diff is shown:\n{out}"
+    );
+    assert!(out.contains("e2e: 1 passed, 1 failed"), "{out}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(r#"tests="2" failures="1""#)
+            && xml.contains(r#"name="ok_port""#)
+            && xml.contains("<failure"),
+        "{xml}"
+    );
+
+    // A scenario file with an error names the file, line and field.
+    std::fs::write(
+        dir.join("scenarios/demo/broken.toml"),
+        "description = \"x\"\nworld = \"default\"\n[[steps]]\nulr = \"https://a.b/\"\n",
+    )
+    .unwrap();
+    let (code, out) = e2e(&dir, &["broken"], true);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("broken.toml:4:1: unknown field `ulr`, expected one of"),
+        "{out}"
+    );
+
+    // An unfiltered run fails on a snapshot that no scenario produces.
+    std::fs::remove_file(dir.join("scenarios/demo/broken.toml")).unwrap();
+    std::fs::remove_file(dir.join("scenarios/demo/no_route.toml")).unwrap();
+    let (code, out) = e2e(&dir, &["--accept"], true);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("removed orphan snapshot"), "{out}");
+    assert_eq!(snaps(&dir, ".snap"), vec!["ok_port-01.snap"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
