@@ -164,22 +164,18 @@ fn load_secret(args: &Args) -> anyhow::Result<Option<Secret>> {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (before the proxy says it is listening, so a signal
+/// sent right after that is never lost) and returns the future that resolves on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-            }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-        _ => {
-            tracing::warn!("cannot install signal handlers; falling back to ctrl-c");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -218,10 +214,11 @@ fn main() -> anyhow::Result<()> {
     }
     .context("starting the tokio runtime")?;
     runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        proxy::serve(listener, config, shutdown_signal())
+        proxy::serve(listener, config, shutdown)
             .await
             .context("serving")
     })

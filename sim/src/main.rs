@@ -177,6 +177,10 @@ async fn trace(
 }
 
 async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
+    // Handlers first: a Ctrl-C sent as soon as the edge line appears must not be lost.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let (w, took) = start(world, listen).await?;
     w.trace()
         .log_events
@@ -221,9 +225,10 @@ async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
         );
     }
     println!("(Ctrl-C to stop)");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
     eprintln!("stopping");
     w.shutdown().await;
     Ok(())
