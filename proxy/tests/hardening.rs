@@ -114,6 +114,18 @@ async fn header_count_limit() {
     assert_eq!(status_of(&raw(p.addr, mk(21).as_bytes()).await), 431);
 }
 
+/// Reads until the end of a request head; false if the peer closed first.
+async fn read_head(s: &mut TcpStream, buf: &mut [u8]) -> bool {
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// An app that answers every request with the given raw bytes (after reading the head).
 async fn raw_app(answer: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -125,12 +137,8 @@ async fn raw_app(answer: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
             let seen = s2.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut s, &mut buf).await {
+                    return;
                 }
                 seen.fetch_add(1, Ordering::SeqCst);
                 if !answer.is_empty() {
@@ -461,12 +469,8 @@ async fn stale_app() -> (SocketAddr, Arc<AtomicUsize>) {
                 let mut buf = vec![0u8; 8192];
                 let mut served = 0;
                 loop {
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_head(&mut s, &mut buf).await {
+                        return;
                     }
                     heads.fetch_add(1, Ordering::SeqCst);
                     if first_conn && served == 1 {

@@ -338,69 +338,88 @@ async fn websocket_through_each_provider() {
     }
 }
 
+/// Switches a fault on, then asserts what one request gets (status and, if any, error code).
+async fn after_fault(w: &World, f: Fault, url: &str, status: u16, error: Option<&str>) {
+    w.apply_fault(&f).await.unwrap();
+    let g = get(w, url).await;
+    assert_eq!(
+        (g.status, g.body["error"].as_str()),
+        (status, error),
+        "{f:?} then {url}: {}",
+        g.text
+    );
+}
+
 #[tokio::test]
 async fn faults_change_outcomes() {
     let w = world().await;
-    w.apply_fault(&Fault::ProviderRefuses {
-        provider: ProviderKind::Fly,
-    })
-    .await
-    .unwrap();
-    let g = get(&w, "https://my-proj.iterate.app/").await;
-    assert_eq!(
-        (g.status, g.body["error"].as_str()),
-        (502, Some("proxy_error"))
-    );
-    w.apply_fault(&Fault::ProviderHealthy {
-        provider: ProviderKind::Fly,
-    })
-    .await
-    .unwrap();
-    assert_eq!(get(&w, "https://my-proj.iterate.app/").await.status, 200);
-
-    w.apply_fault(&Fault::AppDown {
-        machine: "mach_123".into(),
-        port: 3000,
-    })
-    .await
-    .unwrap();
-    let g = get(&w, "https://misha.iterate.town/").await;
-    assert_eq!(
-        (g.status, g.body["error"].as_str()),
-        (502, Some("proxy_error"))
-    );
-    w.apply_fault(&Fault::AppUp {
-        machine: "mach_123".into(),
-        port: 3000,
-    })
-    .await
-    .unwrap();
-    assert_eq!(get(&w, "https://misha.iterate.town/").await.status, 200);
-
-    w.apply_fault(&Fault::MachineState {
-        machine: "mach_123".into(),
-        state: MachineState::Stopped,
-    })
-    .await
-    .unwrap();
-    let g = get(&w, "https://misha.iterate.town/").await;
-    assert_eq!(
-        (g.status, g.body["error"].as_str()),
-        (404, Some("machine_not_found"))
-    );
-
-    w.apply_fault(&Fault::ProviderStatus {
-        provider: ProviderKind::Daytona,
-        status: 503,
-    })
-    .await
-    .unwrap();
-    let g = get(&w, "https://banana.iterate.app/").await;
-    assert_eq!(
-        g.status, 503,
-        "provider's own answer passes through: {}",
-        g.text
-    );
+    let fly = "https://my-proj.iterate.app/";
+    let misha = "https://misha.iterate.town/";
+    after_fault(
+        &w,
+        Fault::ProviderRefuses {
+            provider: ProviderKind::Fly,
+        },
+        fly,
+        502,
+        Some("proxy_error"),
+    )
+    .await;
+    after_fault(
+        &w,
+        Fault::ProviderHealthy {
+            provider: ProviderKind::Fly,
+        },
+        fly,
+        200,
+        None,
+    )
+    .await;
+    after_fault(
+        &w,
+        Fault::AppDown {
+            machine: "mach_123".into(),
+            port: 3000,
+        },
+        misha,
+        502,
+        Some("proxy_error"),
+    )
+    .await;
+    after_fault(
+        &w,
+        Fault::AppUp {
+            machine: "mach_123".into(),
+            port: 3000,
+        },
+        misha,
+        200,
+        None,
+    )
+    .await;
+    after_fault(
+        &w,
+        Fault::MachineState {
+            machine: "mach_123".into(),
+            state: MachineState::Stopped,
+        },
+        misha,
+        404,
+        Some("machine_not_found"),
+    )
+    .await;
+    // The provider's own HTTP answer passes through (not an exception, so not proxy_error).
+    after_fault(
+        &w,
+        Fault::ProviderStatus {
+            provider: ProviderKind::Daytona,
+            status: 503,
+        },
+        "https://banana.iterate.app/",
+        503,
+        None,
+    )
+    .await;
 }
 
 #[tokio::test]
