@@ -270,3 +270,100 @@ async fn up_serves_until_ctrl_c() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn trace_options_direct_fault_and_websocket() {
+    let w = world();
+    let w = w.to_str().unwrap();
+    // Straight to a machine's :8080 with a header of our own.
+    let (code, out, err) = run(&[
+        "trace",
+        "--world",
+        w,
+        "--direct",
+        "mach_123",
+        "-H",
+        "x-iterate-proxy-target-host: localhost:4096",
+        "http://127.0.0.1:8080/direct",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(via direct mach_123:8080)"), "{out}");
+    assert!(
+        out.contains(
+            "machine   mach_123 GET /direct: target localhost:4096 → port 4096 (local_host_port)"
+        ),
+        "{out}"
+    );
+    assert!(out.ends_with("reached the app\n"), "{out}");
+    // A fault switched on first.
+    let (code, out, err) = run(&[
+        "trace",
+        "--world",
+        w,
+        "--fault",
+        r#"{"fault":"app_down","machine":"mach_123","port":3000}"#,
+        "https://misha.iterate.town/",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("fault     {\"fault\":\"app_down\""), "{out}");
+    assert!(
+        out.ends_with("refused by machine proxy (mach_123): 502 proxy_error\n"),
+        "{out}"
+    );
+    // A WebSocket exchange.
+    let (code, out, err) = run(&[
+        "trace",
+        "--world",
+        w,
+        "--ws-send",
+        "hi",
+        "--ws-send",
+        "bin:00ff",
+        "wss://3001__misha.iterate.town/ws",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(r#"received ["echo:hi", "bin:00ff"], close Some(1000)"#),
+        "{out}"
+    );
+    // An unknown machine for --direct is bad input.
+    let (code, _, err) = run(&[
+        "trace",
+        "--world",
+        w,
+        "--direct",
+        "mach_nope",
+        "http://127.0.0.1:8080/",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--direct: no machine \"mach_nope\""), "{err}");
+}
+
+#[test]
+fn up_listens_where_asked() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let w = world();
+    let mut child = Command::new(BIN)
+        .args([
+            "up",
+            "--world",
+            w.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(first.trim(), format!("edge: http://127.0.0.1:{port}"));
+}
