@@ -44,14 +44,26 @@ pub struct App {
 }
 
 impl App {
+    /// Starts the app on an ephemeral loopback port (in-process worlds: machines share a host).
     pub async fn start(
         machine: &str,
         spec: AppSpec,
         trace: Arc<TraceStore>,
     ) -> std::io::Result<Arc<App>> {
+        Self::start_on(machine, spec, trace, false).await
+    }
+
+    /// Starts the app; with `real_port`, on its own port (a machine of its own, e.g. a container).
+    pub async fn start_on(
+        machine: &str,
+        spec: AppSpec,
+        trace: Arc<TraceStore>,
+        real_port: bool,
+    ) -> std::io::Result<Arc<App>> {
+        let port = if real_port { spec.port } else { 0 };
         let listener = match spec.bind {
-            Bind::Ipv4 => bind_handover(SocketAddr::from(([127, 0, 0, 1], 0)))?,
-            Bind::Ipv6 => bind_handover(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)))?,
+            Bind::Ipv4 => bind_handover(SocketAddr::from(([127, 0, 0, 1], port)))?,
+            Bind::Ipv6 => bind_handover(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))?,
         };
         let addr = listener.local_addr()?;
         let app = Arc::new(App {

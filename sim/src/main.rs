@@ -69,6 +69,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run one machine on its own (a container's entrypoint): its apps on their real ports, the
+    /// shipped proxy binary on :8080, and every app hop event printed as a JSON line on stdout.
+    Machine {
+        /// The machine as JSON: one `[[machines]]` entry of a world file.
+        #[arg(long, value_name = "JSON")]
+        spec_json: String,
+        /// The project-ingress-proxy binary to run.
+        #[arg(long, default_value = "/project-ingress-proxy")]
+        proxy: PathBuf,
+        /// Where the proxy listens.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
     /// Scenario files.
     Scenario {
         #[command(subcommand)]
@@ -234,6 +247,51 @@ async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
     Ok(())
 }
 
+async fn machine(spec_json: &str, proxy: &Path, listen: SocketAddr) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let spec: sim::world::MachineSpec = serde_json::from_str(spec_json).context("--spec-json")?;
+    let trace = std::sync::Arc::new(sim::TraceStore::default());
+    trace
+        .print_json
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut apps = Vec::new();
+    for a in &spec.apps {
+        let app = sim::apps::App::start_on(&spec.id, a.clone(), trace.clone(), true)
+            .await
+            .with_context(|| format!("starting the app on port {}", a.port))?;
+        apps.push(app);
+    }
+    let mut cmd = tokio::process::Command::new(proxy);
+    cmd.args(["--listen", &listen.to_string(), "--log-format", "json"])
+        .args(["--request-id-header", sim::trace::TRACE_HEADER])
+        .kill_on_drop(true);
+    if let Some(s) = &spec.proxy_secret {
+        cmd.env("PROJECT_INGRESS_PROXY_SECRET", s);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", proxy.display()))?;
+    let ports: Vec<u16> = apps.iter().map(|a| a.spec.port).collect();
+    println!(
+        "{}",
+        serde_json::json!({"machine": spec.id, "apps": ports, "proxy": listen.to_string()})
+    );
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        st = child.wait() => bail!("the proxy exited: {st:?}"),
+    }
+    // Let the proxy drain as it would on a real machine.
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(35), child.wait()).await;
+    Ok(())
+}
+
 fn scenario_new(
     name: &str,
     world: &Path,
@@ -352,6 +410,7 @@ fn main() -> ExitCode {
     let res: Result<()> = rt.block_on(async {
         match cli.cmd {
             Cmd::Up { world, listen } => up(&world, listen).await,
+            Cmd::Machine { spec_json, proxy, listen } => machine(&spec_json, &proxy, listen).await,
             Cmd::Trace { world, req, json } => {
                 let (_, text) = trace(&world, &req, json).await?;
                 print!("{text}");

@@ -218,6 +218,9 @@ pub struct TraceStore {
     next: std::sync::atomic::AtomicU64,
     /// Log every event as one line (for `ingress-sim up`).
     pub log_events: std::sync::atomic::AtomicBool,
+    /// Print every event as one JSON line on stdout, `{"trace_id":…,"event":{…}}` (a machine run on
+    /// its own, e.g. in a container, reports its hops this way).
+    pub print_json: std::sync::atomic::AtomicBool,
 }
 
 impl TraceStore {
@@ -230,6 +233,10 @@ impl TraceStore {
     pub fn record(&self, id: &str, ev: Event) {
         if self.log_events.load(std::sync::atomic::Ordering::Relaxed) {
             tracing::info!(target: "ingress_sim::hop", "[{id}] {:<8} {}", ev.hop(), ev.summary());
+        }
+        if self.print_json.load(std::sync::atomic::Ordering::Relaxed) {
+            let line = serde_json::json!({"trace_id": id, "event": &ev});
+            println!("{line}");
         }
         if let Ok(mut g) = self.inner.lock() {
             g.events.entry(id.to_string()).or_default().push(ev);

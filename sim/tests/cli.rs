@@ -367,3 +367,125 @@ fn up_listens_where_asked() {
     let _ = child.wait();
     assert_eq!(first.trim(), format!("edge: http://127.0.0.1:{port}"));
 }
+
+/// The proxy binary from the same target directory (built on demand for `cargo test -p ingress-sim`).
+fn proxy_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
+    let bin = dir.join("project-ingress-proxy");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "-q", "-p", "project-ingress-proxy"])
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "building project-ingress-proxy for the machine test"
+        );
+    }
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `ingress-sim machine`: one machine on its own (a container's entrypoint): apps on their real
+/// ports, the shipped proxy binary in front, hop events as JSON lines, SIGTERM drains and exits 0.
+#[tokio::test]
+async fn machine_runs_apps_behind_the_shipped_proxy() {
+    let (app_port, proxy_port) = (free_port(), free_port());
+    let spec = format!(
+        r#"{{"id":"mach_x","project":"p","state":"active","provider":"docker","apps":[{{"port":{app_port},"kind":"echo"}}]}}"#
+    );
+    let mut child = Command::new(BIN)
+        .args([
+            "machine",
+            "--spec-json",
+            &spec,
+            "--listen",
+            &format!("127.0.0.1:{proxy_port}"),
+        ])
+        .arg("--proxy")
+        .arg(proxy_binary())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("no ready line");
+    let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(v["apps"][0], app_port);
+    // The proxy child takes a moment to bind: poll its health with a deadline.
+    let proxy: std::net::SocketAddr = ([127, 0, 0, 1], proxy_port).into();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) =
+            sim::client::send(proxy, "GET", "http://m/health", &[], bytes::Bytes::new()).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the machine's proxy never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let headers = vec![
+        (
+            "x-iterate-proxy-target-host".to_string(),
+            format!("localhost:{app_port}"),
+        ),
+        ("x-sim-trace-id".to_string(), "t42".to_string()),
+    ];
+    let resp = sim::client::send(
+        proxy,
+        "GET",
+        "http://m/hello?x=1",
+        &headers,
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The app's hop event, as a JSON line keyed by the trace id.
+    let line = loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no hop event line");
+        if l.contains("\"t42\"") {
+            break l;
+        }
+    };
+    let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(ev["event"]["hop"], "app");
+    assert_eq!(ev["event"]["path_and_query"], "/hello?x=1");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "machine did not stop on SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -3,6 +3,7 @@
 //! - `e2e [FILTER…] [--list] [--accept] [--junit PATH] [--backend in-process]`: every end-to-end
 //!   scenario through the simulated chain, compared with reviewed snapshots.
 //! - `dist`: the static release binary a machine image ships (path, size, `--version`).
+//! - `image`: a `FROM scratch` machine image (proxy + the simulator's apps), tagged for the commit.
 //! - `fuzz [--cases N]`: the proxy's property tests (target parsing, request heads) with a large
 //!   budget, in release mode.
 //! - `bench [--quick]`: throughput, latency, CPU and memory of the proxy against direct, nginx and
@@ -41,6 +42,8 @@ enum Task {
     },
     /// Build the release, statically linked `project-ingress-proxy` a machine image ships.
     Dist,
+    /// Build the `FROM scratch` machine image (static proxy + static ingress-sim apps).
+    Image,
     /// Benchmark the proxy against direct, nginx and HAProxy (a few minutes; `--quick`: under one).
     Bench {
         #[arg(long)]
@@ -66,48 +69,116 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Static release build: glibc with `crt-static` (this toolchain has no musl target installed).
-fn dist() -> Result<()> {
-    let target = "x86_64-unknown-linux-gnu";
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target_dir = root.join("target/dist");
+const DIST_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+fn workspace_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Static release build of one binary package: glibc with `crt-static` (this toolchain has no
+/// musl target installed). Fails if the result is dynamically linked.
+fn static_build(package: &str, bin: &str) -> Result<std::path::PathBuf> {
+    let target_dir = workspace_root().join("target/dist");
     let st = cargo()
         .args([
             "build",
             "--release",
             "--package",
-            "project-ingress-proxy",
+            package,
+            "--bin",
+            bin,
             "--target",
-            target,
+            DIST_TARGET,
             "--target-dir",
         ])
         .arg(&target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .status()?;
     if !st.success() {
-        anyhow::bail!("static build failed");
+        anyhow::bail!("static build of {bin} failed");
     }
-    let bin = target_dir
-        .join(target)
-        .join("release/project-ingress-proxy");
-    let bytes = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
+    let path = target_dir.join(DIST_TARGET).join("release").join(bin);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     if has_interpreter(&bytes) {
         anyhow::bail!(
             "{} is dynamically linked (it has an ELF interpreter)",
-            bin.display()
+            path.display()
         );
     }
+    Ok(path.canonicalize()?)
+}
+
+fn dist() -> Result<std::path::PathBuf> {
+    let bin = static_build("project-ingress-proxy", "project-ingress-proxy")?;
+    let size = std::fs::metadata(&bin)?.len();
     let version = Command::new(&bin).arg("--version").output()?;
-    println!("path:    {}", bin.canonicalize()?.display());
+    println!("path:    {}", bin.display());
     println!(
         "size:    {} bytes ({:.1} MiB)",
-        bytes.len(),
-        bytes.len() as f64 / 1048576.0
+        size,
+        size as f64 / 1048576.0
     );
     println!("linking: static (no ELF interpreter)");
     println!(
         "version: {}",
         String::from_utf8_lossy(&version.stdout).trim()
+    );
+    Ok(bin)
+}
+
+/// A `FROM scratch` machine image: the static proxy and the static `ingress-sim` (whose
+/// `machine` command runs the apps and the proxy), tagged for the current commit. Nothing is pulled.
+fn image() -> Result<()> {
+    let proxy = dist()?;
+    let sim = static_build("ingress-sim", "ingress-sim")?;
+    let ctx = workspace_root().join("target/image");
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx)?;
+    std::fs::copy(&proxy, ctx.join("project-ingress-proxy"))?;
+    std::fs::copy(&sim, ctx.join("ingress-sim"))?;
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY project-ingress-proxy /project-ingress-proxy\nCOPY ingress-sim /ingress-sim\n\
+         EXPOSE 8080\nENTRYPOINT [\"/ingress-sim\", \"machine\", \"--proxy\", \"/project-ingress-proxy\"]\n",
+    )?;
+    let rev = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()?;
+    let rev = String::from_utf8_lossy(&rev.stdout).trim().to_string();
+    let rev = if rev.is_empty() {
+        "dev".to_string()
+    } else {
+        rev
+    };
+    let tag = format!("ingress-machine:{rev}");
+    let st = Command::new("docker")
+        .args([
+            "build",
+            "--quiet",
+            "-t",
+            &tag,
+            "-t",
+            "ingress-machine:latest",
+        ])
+        .arg(&ctx)
+        .status()
+        .context("running docker (is a Docker engine installed and running?)")?;
+    if !st.success() {
+        anyhow::bail!("docker build failed");
+    }
+    let size = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Size}}", &tag])
+        .output()?;
+    let size: u64 = String::from_utf8_lossy(&size.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    println!(
+        "image:   {tag} (also ingress-machine:latest), {:.1} MiB",
+        size as f64 / 1048576.0
+    );
+    println!(
+        "run:     docker run --rm -p 127.0.0.1:0:8080 {tag} --spec-json '<a [[machines]] entry as JSON>'"
     );
     Ok(())
 }
@@ -181,6 +252,10 @@ fn main() -> Result<ExitCode> {
         }
         Task::Dist => {
             dist()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Image => {
+            image()?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Bench { quick } => {
