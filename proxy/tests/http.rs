@@ -389,11 +389,19 @@ async fn secret_required_when_configured() {
 }
 
 #[tokio::test]
-async fn secret_off_ignores_and_forwards_nothing_special() {
+async fn secret_off_needs_no_secret_and_never_forwards_one() {
     let (app, _) = start_app().await;
     let p = proxy_to(app).await;
     let resp = send(p.addr, get("/x", "h", Some("localhost:3000"))).await;
     assert_eq!(resp.status(), 200);
+    // A client that sends the header anyway: it still never reaches the app.
+    let mut req = get("/x", "h", Some("localhost:3000"));
+    req.headers_mut()
+        .insert("x-iterate-project-ingress-secret", "guess".parse().unwrap());
+    let resp = send(p.addr, req).await;
+    assert_eq!(resp.status(), 200);
+    let h = echoed_headers(&json(resp).await);
+    assert_eq!(header(&h, "x-iterate-project-ingress-secret"), None);
 }
 
 #[tokio::test]

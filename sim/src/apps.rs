@@ -125,10 +125,6 @@ impl App {
         Ok(())
     }
 
-    pub fn is_up(&self) -> bool {
-        self.stop.lock().map(|s| s.is_some()).unwrap_or(false)
-    }
-
     /// "localhost:<port>" candidates for this app, with the production rule (v4, then v6).
     pub fn candidates(&self) -> Vec<SocketAddr> {
         let p = self.addr.port();

@@ -56,8 +56,8 @@ pub async fn handle(
         decision: String::new(),
         added_headers: vec![],
     };
-    let routes = state.routes();
-    let resp = match best_match(&routes, "https", &host, &pq).map(|r: &RoutePattern| r.raw.clone())
+    let resp = match best_match(state.routes(), "https", &host, &pq)
+        .map(|r: &RoutePattern| r.raw.clone())
     {
         None => {
             ev.decision = "refused: edge_no_route (no worker route matches)".into();
@@ -97,7 +97,7 @@ pub async fn handle(
                 parts.headers.insert(TRACE_HEADER, v);
             }
             ev.added_headers = added;
-            let router = state.router_addr();
+            let router = state.addrs.router;
             match format!("http://{router}{pq}").parse::<Uri>() {
                 Ok(u) => parts.uri = u,
                 Err(_) => {

@@ -1,6 +1,6 @@
 //! A running world: every hop a real HTTP server on an ephemeral loopback port.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use crate::providers::daytona::DAYTONA_PROXY_DOMAIN;
 use crate::providers::docker::{ENGINE_HOST, EngineEndpoint};
 use crate::providers::fly::{FLY_BASE_DOMAIN, sanitize_app_name};
 use crate::route_pattern::RoutePattern;
+use crate::router::glob::HostGlob;
 use crate::trace::{Redactor, TraceStore};
 use crate::world::{MachineState, ProviderKind, WorldSpec};
 
@@ -21,7 +22,6 @@ use crate::world::{MachineState, ProviderKind, WorldSpec};
 struct FaultState {
     provider_status: HashMap<ProviderKind, u16>,
     provider_delay: HashMap<ProviderKind, u64>,
-    provider_refused: HashSet<ProviderKind>,
     docker_unmapped: HashSet<String>,
 }
 
@@ -41,37 +41,32 @@ pub struct WorldState {
     pub net: SimNetwork,
     pub trace: Arc<TraceStore>,
     pub engine: EngineEndpoint,
-    machines: BTreeMap<String, Arc<Machine>>,
+    /// In world-file order (the order "first active machine" uses).
+    machines: Vec<Arc<Machine>>,
     states: RwLock<HashMap<String, MachineState>>,
     faults: RwLock<FaultState>,
+    /// `OS_WORKER_ROUTES` and `PROJECT_INGRESS_PROXY_HOST_MATCHERS`, parsed once.
     routes: Vec<RoutePattern>,
-    addrs: RwLock<Option<Addrs>>,
+    matchers: Vec<HostGlob>,
+    pub addrs: Addrs,
 }
 
 impl WorldState {
-    pub fn routes(&self) -> Vec<RoutePattern> {
-        self.routes.clone()
+    pub fn routes(&self) -> &[RoutePattern] {
+        &self.routes
     }
 
-    pub fn router_addr(&self) -> SocketAddr {
-        self.addrs
-            .read()
-            .ok()
-            .and_then(|a| a.map(|a| a.router))
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9)))
+    pub fn host_matchers(&self) -> &[HostGlob] {
+        &self.matchers
     }
 
     pub fn machine(&self, id: &str) -> Option<Arc<Machine>> {
-        self.machines.get(id).cloned()
+        self.machines.iter().find(|m| m.spec.id == id).cloned()
     }
 
     /// Machines in world-file order (the order "first active machine" uses).
-    pub fn machines_in_order(&self) -> Vec<Arc<Machine>> {
-        self.spec
-            .machines
-            .iter()
-            .filter_map(|m| self.machines.get(&m.id).cloned())
-            .collect()
+    pub fn machines_in_order(&self) -> &[Arc<Machine>] {
+        &self.machines
     }
 
     pub fn machine_state(&self, id: &str) -> Option<MachineState> {
@@ -99,48 +94,56 @@ impl WorldState {
     }
 
     pub fn docker_machine_by_ref(&self, container: &str) -> Option<Arc<Machine>> {
-        self.machines_in_order().into_iter().find(|m| {
-            m.spec.provider == ProviderKind::Docker
-                && m.spec
-                    .metadata
-                    .container_ref
-                    .as_deref()
-                    .or(m.spec.external_id.as_deref())
-                    == Some(container)
-        })
+        self.machines
+            .iter()
+            .find(|m| {
+                m.spec.provider == ProviderKind::Docker
+                    && m.spec
+                        .metadata
+                        .container_ref
+                        .as_deref()
+                        .or(m.spec.external_id.as_deref())
+                        == Some(container)
+            })
+            .cloned()
     }
 
     pub fn fly_machine_by_app(&self, app: &str) -> Option<Arc<Machine>> {
-        self.machines_in_order().into_iter().find(|m| {
-            m.spec.provider == ProviderKind::Fly
-                && m.spec
-                    .external_id
-                    .as_deref()
-                    .map(sanitize_app_name)
-                    .as_deref()
-                    == Some(app)
-        })
+        self.machines
+            .iter()
+            .find(|m| {
+                m.spec.provider == ProviderKind::Fly
+                    && m.spec
+                        .external_id
+                        .as_deref()
+                        .map(sanitize_app_name)
+                        .as_deref()
+                        == Some(app)
+            })
+            .cloned()
     }
 
     pub fn daytona_machine_by_sandbox(&self, sandbox: &str) -> Option<Arc<Machine>> {
-        self.machines_in_order().into_iter().find(|m| {
-            m.spec.provider == ProviderKind::Daytona
-                && m.spec
-                    .metadata
-                    .sandbox_id
-                    .as_deref()
-                    .or(m.spec.external_id.as_deref())
-                    == Some(sandbox)
-        })
+        self.machines
+            .iter()
+            .find(|m| {
+                m.spec.provider == ProviderKind::Daytona
+                    && m.spec
+                        .metadata
+                        .sandbox_id
+                        .as_deref()
+                        .or(m.spec.external_id.as_deref())
+                        == Some(sandbox)
+            })
+            .cloned()
     }
 
-    fn provider_addr(&self, p: ProviderKind) -> Option<SocketAddr> {
-        let a = (*self.addrs.read().ok()?)?;
-        Some(match p {
-            ProviderKind::Docker => a.docker_engine,
-            ProviderKind::Fly => a.fly_edge,
-            ProviderKind::Daytona => a.daytona_proxy,
-        })
+    fn provider_addr(&self, p: ProviderKind) -> SocketAddr {
+        match p {
+            ProviderKind::Docker => self.addrs.docker_engine,
+            ProviderKind::Fly => self.addrs.fly_edge,
+            ProviderKind::Daytona => self.addrs.daytona_proxy,
+        }
     }
 }
 
@@ -212,33 +215,15 @@ impl World {
             source,
         };
         let trace = Arc::new(TraceStore::default());
-        let mut machines = BTreeMap::new();
+        let mut machines = Vec::new();
         let mut states = HashMap::new();
         for m in &spec.machines {
             let machine = Machine::start(m.clone(), trace.clone())
                 .await
                 .map_err(bind_err)?;
-            machines.insert(m.id.clone(), machine);
+            machines.push(machine);
             states.insert(m.id.clone(), m.state);
         }
-        let initial_faults = spec.faults.clone();
-        let state = Arc::new(WorldState {
-            spec,
-            net: SimNetwork::default(),
-            trace,
-            engine,
-            machines,
-            states: RwLock::new(states),
-            faults: RwLock::new(FaultState::default()),
-            routes,
-            addrs: RwLock::new(None),
-        });
-        let mut stops = Vec::new();
-        let mut start = |l: tokio::net::TcpListener, h: Handler| {
-            let (tx, rx) = watch::channel(false);
-            serve_http(l, h, rx);
-            stops.push(tx);
-        };
         let (l_edge, edge) = match edge_listen {
             Some(a) => {
                 let l = tokio::net::TcpListener::bind(a).await.map_err(bind_err)?;
@@ -251,6 +236,37 @@ impl World {
         let (l_engine, docker_engine) = bind_local().await.map_err(bind_err)?;
         let (l_fly, fly_edge) = bind_local().await.map_err(bind_err)?;
         let (l_day, daytona_proxy) = bind_local().await.map_err(bind_err)?;
+        let addrs = Addrs {
+            edge,
+            router,
+            docker_engine,
+            fly_edge,
+            daytona_proxy,
+        };
+        let net = SimNetwork::default();
+        net.add_exact(ENGINE_HOST, docker_engine);
+        net.add_suffix(FLY_BASE_DOMAIN, fly_edge);
+        net.add_suffix(DAYTONA_PROXY_DOMAIN, daytona_proxy);
+        let initial_faults = spec.faults.clone();
+        let matchers = crate::router::glob::parse_matchers(&spec.env.host_matchers);
+        let state = Arc::new(WorldState {
+            spec,
+            net,
+            trace,
+            engine,
+            machines,
+            states: RwLock::new(states),
+            faults: RwLock::new(FaultState::default()),
+            routes,
+            matchers,
+            addrs,
+        });
+        let mut stops = Vec::new();
+        let mut start = |l: tokio::net::TcpListener, h: Handler| {
+            let (tx, rx) = watch::channel(false);
+            serve_http(l, h, rx);
+            stops.push(tx);
+        };
         let s = state.clone();
         start(
             l_edge,
@@ -286,19 +302,6 @@ impl World {
                 ))
             }),
         );
-        state.net.add_exact(ENGINE_HOST, docker_engine);
-        state.net.add_suffix(FLY_BASE_DOMAIN, fly_edge);
-        state.net.add_suffix(DAYTONA_PROXY_DOMAIN, daytona_proxy);
-        let addrs = Addrs {
-            edge,
-            router,
-            docker_engine,
-            fly_edge,
-            daytona_proxy,
-        };
-        if let Ok(mut a) = state.addrs.write() {
-            *a = Some(addrs);
-        }
         let w = World {
             state,
             addrs,
@@ -339,12 +342,7 @@ impl World {
         };
         match f {
             Fault::ProviderRefuses { provider } => {
-                if let Ok(mut fs) = st.faults.write() {
-                    fs.provider_refused.insert(*provider);
-                }
-                if let Some(a) = st.provider_addr(*provider) {
-                    st.net.set_refused(a, true);
-                }
+                st.net.set_refused(st.provider_addr(*provider), true)
             }
             Fault::ProviderStatus { provider, status } => {
                 if let Ok(mut fs) = st.faults.write() {
@@ -360,11 +358,8 @@ impl World {
                 if let Ok(mut fs) = st.faults.write() {
                     fs.provider_status.remove(provider);
                     fs.provider_delay.remove(provider);
-                    fs.provider_refused.remove(provider);
                 }
-                if let Some(a) = st.provider_addr(*provider) {
-                    st.net.set_refused(a, false);
-                }
+                st.net.set_refused(st.provider_addr(*provider), false);
             }
             Fault::DockerNoPortMapping { machine: id } => {
                 machine(id)?;

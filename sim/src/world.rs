@@ -3,7 +3,6 @@
 //! Errors name the file, the line and column, and the field (see [`WorldError`]).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -419,18 +418,6 @@ pub fn fault_target(f: &crate::faults::Fault) -> Option<(&str, Option<u16>)> {
         | ProviderStatus { .. }
         | ProviderSlow { .. }
         | ProviderHealthy { .. } => None,
-    }
-}
-
-impl fmt::Display for WorldSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "world {:?}: {} projects, {} machines",
-            self.name,
-            self.projects.len(),
-            self.machines.len()
-        )
     }
 }
 

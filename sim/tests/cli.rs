@@ -255,20 +255,12 @@ async fn up_serves_until_ctrl_c() {
     .await
     .unwrap();
     assert_eq!(resp.status(), 200);
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "ingress-sim up did not stop on Ctrl-C"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert!(status.success(), "{status:?}");
+    signal_and_expect_clean_exit(
+        &mut child,
+        libc::SIGINT,
+        "ingress-sim up did not stop on Ctrl-C",
+    )
+    .await;
 }
 
 #[test]
@@ -366,6 +358,21 @@ fn up_listens_where_asked() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(first.trim(), format!("edge: http://127.0.0.1:{port}"));
+}
+
+/// Sends `sig` to the child and waits (10 s at most) for it to exit 0.
+async fn signal_and_expect_clean_exit(child: &mut std::process::Child, sig: i32, what: &str) {
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < end, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(status.success(), "{status:?}");
 }
 
 /// The proxy binary from the same target directory (built on demand for `cargo test -p ingress-sim`).
@@ -474,18 +481,6 @@ async fn machine_runs_apps_behind_the_shipped_proxy() {
     let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(ev["event"]["hop"], "app");
     assert_eq!(ev["event"]["path_and_query"], "/hello?x=1");
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
-    let end = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "machine did not stop on SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert!(status.success(), "{status:?}");
+    signal_and_expect_clean_exit(&mut child, libc::SIGTERM, "machine did not stop on SIGTERM")
+        .await;
 }

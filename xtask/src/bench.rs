@@ -424,7 +424,12 @@ pub fn run(opts: Opts) -> Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?
-        .block_on(proxy_only(&xtask_bin, ours.port, opts.quick))?;
+        .block_on(proxy_only(
+            &xtask_bin,
+            ours.port,
+            ours.child.id(),
+            opts.quick,
+        ))?;
     drop(ours);
 
     let micro = micro_benchmarks(&cargo)?;
@@ -606,7 +611,12 @@ struct Extra {
     new_upstream_conns: u64,
 }
 
-async fn proxy_only(xtask_bin: &Path, proxy_port: u16, quick: bool) -> Result<Extra> {
+async fn proxy_only(
+    xtask_bin: &Path,
+    proxy_port: u16,
+    proxy_pid: u32,
+    quick: bool,
+) -> Result<Extra> {
     use futures_util::{SinkExt, StreamExt};
     use http_body_util::BodyExt;
     use tokio_tungstenite::tungstenite::Message;
@@ -622,7 +632,6 @@ async fn proxy_only(xtask_bin: &Path, proxy_port: u16, quick: bool) -> Result<Ex
     wait_port(up_port, "bench upstream")?;
     let proxy: SocketAddr = ([127, 0, 0, 1], proxy_port).into();
     let target = format!("localhost:{up_port}");
-    let proxy_pid = find_pid_listening(proxy_port);
 
     // Connection reuse: after a warm-up of 400 requests (the pool fills), 10,000 requests over 8
     // keep-alive client connections; count the upstream connections opened during those.
@@ -782,41 +791,6 @@ where
     let (tx, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(s)).await?;
     tokio::spawn(conn);
     Ok(tx)
-}
-
-/// The pid of the process listening on a loopback port (our proxy), from /proc.
-fn find_pid_listening(port: u16) -> u32 {
-    let hex = format!(":{port:04X}");
-    let inode = std::fs::read_to_string("/proc/net/tcp")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
-        .find(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .is_some_and(|a| a.ends_with(&hex))
-        })
-        .and_then(|l| l.split_whitespace().nth(9).map(str::to_string))
-        .unwrap_or_default();
-    let needle = format!("socket:[{inode}]");
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-                continue;
-            };
-            if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
-                for fd in fds.flatten() {
-                    if std::fs::read_link(fd.path())
-                        .map(|l| l.to_string_lossy() == needle)
-                        .unwrap_or(false)
-                    {
-                        return pid;
-                    }
-                }
-            }
-        }
-    }
-    0
 }
 
 fn micro_benchmarks(cargo: &str) -> Result<String> {

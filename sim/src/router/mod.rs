@@ -120,7 +120,7 @@ async fn route(
     trace_id: Option<&str>,
 ) -> Response<BoxBody> {
     // 1-2. Matchers.
-    let matchers = glob::parse_matchers(&state.spec.env.host_matchers);
+    let matchers = state.host_matchers();
     if matchers.is_empty() {
         return d.refuse(StatusCode::INTERNAL_SERVER_ERROR, "ingress_not_configured");
     }
@@ -171,9 +171,9 @@ async fn route(
 /// The machine the target means, with its current state.
 fn resolve(state: &WorldState, t: &ParsedTarget) -> Option<(Arc<Machine>, MachineState)> {
     match t.kind {
-        TargetKind::Project => state.machines_in_order().into_iter().find_map(|m| {
+        TargetKind::Project => state.machines_in_order().iter().find_map(|m| {
             let s = state.machine_state(&m.spec.id)?;
-            (m.spec.project == t.id && s == MachineState::Active).then_some((m, s))
+            (m.spec.project == t.id && s == MachineState::Active).then(|| (m.clone(), s))
         }),
         TargetKind::Machine => {
             let m = state.machine(&t.id)?;
