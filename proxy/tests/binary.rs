@@ -189,6 +189,17 @@ async fn json_access_log_and_secret_never_logged() {
     assert_eq!(line["method"], "GET");
     assert_eq!(line["path"], "/logme");
     assert_eq!(line["target_port"], app.port());
+    assert_eq!(line["target_form"], "local_host_port");
+    assert_eq!(
+        line["target_header"],
+        format!("localhost:{}", app.port()).as_str()
+    );
+    assert!(
+        line["upstream"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(&format!(":{}", app.port()))),
+        "{line}"
+    );
     assert_eq!(line["status"], 200);
     assert!(line["duration_ms"].as_f64().is_some());
     assert!(line["bytes_out"].as_u64().unwrap() > 0);

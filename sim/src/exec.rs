@@ -171,7 +171,7 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
     let addr = match &step.direct {
         None => world.addrs.edge,
         Some(m) => match world.machine(m) {
-            Some(machine) => machine.proxy_addr,
+            Some(machine) => machine.proxy_addr(),
             None => {
                 doc.client_error = Some(format!("direct: unknown machine {m:?}"));
                 return doc;
@@ -195,15 +195,17 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
         ));
     }
     let trace = world.trace();
-    let events = if step.direct.is_some() {
+    if step.direct.is_some() {
         trace
             .wait_for(&id, REPLY_TIMEOUT, |evs| {
                 evs.iter().any(|e| matches!(e, Event::Machine(_)))
             })
-            .await
+            .await;
     } else {
-        trace.wait_finished(&id, REPLY_TIMEOUT, |_| true).await
-    };
+        trace.wait_finished(&id, REPLY_TIMEOUT, |_| true).await;
+    }
+    world.settle().await;
+    let events = trace.events(&id);
     doc.hops = chain_order(events);
     fold_echo_headers(&mut doc);
     mask_random_headers(&mut doc);
@@ -343,7 +345,7 @@ async fn run_sse(
     .await
     .unwrap_or(false);
     if let Some((m, p)) = step.release.as_deref().and_then(parse_app_ref) {
-        world.release(&m, p);
+        world.release(&m, p).await;
     }
     if !truncated {
         truncated = drain(&mut body, &mut buf).await;

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::machine::ContainerAction;
 use crate::world::{MachineState, ProviderKind};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,4 +36,27 @@ pub enum Fault {
     AppUp { machine: String, port: u16 },
     /// The app answers every request by dying mid-body.
     AppResetMidBody { machine: String, port: u16 },
+    /// A Docker machine's container is stopped, started, restarted, paused, unpaused, or
+    /// disconnected from / connected to its network. With the docker backend this is done to the
+    /// real container; in-process the machine behaves as the container would (see
+    /// `Machine::container_action`).
+    Container {
+        machine: String,
+        action: ContainerAction,
+    },
+}
+
+impl Fault {
+    /// The machine a fault is aimed at, if it is one the machine itself must carry out (its
+    /// proxy, apps or container; not the platform's record or a provider).
+    pub fn machine_target(&self) -> Option<&str> {
+        match self {
+            Fault::MachineProxyDown { machine }
+            | Fault::AppDown { machine, .. }
+            | Fault::AppUp { machine, .. }
+            | Fault::AppResetMidBody { machine, .. }
+            | Fault::Container { machine, .. } => Some(machine),
+            _ => None,
+        }
+    }
 }

@@ -19,6 +19,7 @@ pub mod route_pattern;
 pub mod router;
 pub mod runtime;
 pub mod scenario;
+pub mod standalone;
 pub mod trace;
 pub mod world;
 

@@ -1,30 +1,102 @@
 //! A machine: the real `project-ingress-proxy` (through its public `serve`) on an ephemeral
 //! loopback port standing for the machine's :8080, and the machine's apps. The only thing injected
 //! into the proxy is where the machine's "localhost:<port>" is.
+//!
+//! A machine can also be remote: a real container (the docker backend) that runs the shipped
+//! proxy binary and the apps, reached through its published port; the world drives it through
+//! [`RemoteMachine`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use proxy::access_log::{AccessLog, RequestRecord, Tee, TracingAccessLog};
 use proxy::{ProxyConfig, Secret};
-use tokio::sync::oneshot;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch};
 
 use crate::apps::App;
+use crate::faults::Fault;
 use crate::trace::{Event, MachineEvent, TRACE_HEADER, TraceStore};
 use crate::world::MachineSpec;
 
 /// The port the machine proxy listens on, on the machine.
 pub const MACHINE_INGRESS_PORT: u16 = 8080;
 
+/// What can be done to a Docker machine's container (`docker stop|start|restart|pause|unpause`,
+/// `docker network disconnect|connect`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerAction {
+    Stop,
+    Start,
+    Restart,
+    Pause,
+    Unpause,
+    Disconnect,
+    Connect,
+}
+
+/// A container's state as the engine reports it (and as an in-process machine imitates it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Running,
+    Paused,
+    Exited,
+    /// Running, but not on the network its port is published from.
+    Disconnected,
+}
+
+impl ContainerState {
+    /// Whether the engine reports a host port for 8080 (a real engine drops the binding when the
+    /// container stops or leaves the network, and gives a new one when it comes back).
+    pub fn port_published(self) -> bool {
+        matches!(self, ContainerState::Running | ContainerState::Paused)
+    }
+    pub fn running(self) -> bool {
+        self != ContainerState::Exited
+    }
+    pub fn status(self) -> &'static str {
+        match self {
+            ContainerState::Running | ContainerState::Disconnected => "running",
+            ContainerState::Paused => "paused",
+            ContainerState::Exited => "exited",
+        }
+    }
+}
+
+/// A machine that runs elsewhere (a real container), driven by the world.
+pub trait RemoteMachine: Send + Sync + 'static {
+    /// Where the machine's :8080 is reachable now (a restart publishes a new host port).
+    fn proxy_addr(&self) -> SocketAddr;
+    /// Every host port its :8080 has had (for redaction).
+    fn ports_seen(&self) -> Vec<u16>;
+    /// Applies a fault aimed at this machine (its proxy, apps or container).
+    fn apply<'a>(&'a self, fault: &'a Fault) -> BoxFuture<'a, Result<(), String>>;
+    /// Releases a gated SSE app.
+    fn release(&self, port: u16) -> BoxFuture<'_, bool>;
+    /// Returns once every event of the requests that have finished so far is in the trace.
+    fn settle(&self) -> BoxFuture<'_, ()>;
+    /// Removes the machine.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
 pub struct Machine {
     pub spec: MachineSpec,
-    pub proxy_addr: SocketAddr,
+    /// In-process apps (empty for a remote machine: its apps run where it runs).
     pub apps: BTreeMap<u16, Arc<App>>,
+    pub remote: Option<Arc<dyn RemoteMachine>>,
+    proxy_addr: Mutex<SocketAddr>,
+    ports_seen: Mutex<Vec<u16>>,
+    container: Mutex<ContainerState>,
+    trace: Arc<TraceStore>,
     stop: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
-    /// After `proxy_down`: the port, bound but not listening (see `net::reserve_port`).
+    /// While the proxy is down: the port, bound but not listening (see `net::reserve_port`).
     reservation: Mutex<Option<socket2::Socket>>,
+    /// While paused: accepts connections and never answers.
+    frozen: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
 }
 
 /// Records the proxy's decisions into the trace.
@@ -33,35 +105,45 @@ struct TraceSink {
     trace: Arc<TraceStore>,
 }
 
+/// The machine hop's event for one access record. The app's real port is ephemeral in-process;
+/// on the machine it is the target port, which is what the trace shows.
+pub fn machine_event(machine: &str, r: &RequestRecord) -> MachineEvent {
+    MachineEvent {
+        machine: machine.to_string(),
+        method: r.method.clone(),
+        path: r.path.clone(),
+        target_header: r.target_header.clone(),
+        target_port: r.target_port,
+        target_form: r.target_form.map(str::to_string),
+        upstream: r
+            .upstream_addr
+            .map(|a| upstream_label(a.is_ipv6(), r.target_port)),
+        status: r.status,
+        error: r.error.map(str::to_string),
+        upgraded: r.upgraded,
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+        completed: r.completed,
+    }
+}
+
+/// `127.0.0.1:<port>` or `[::1]:<port>`.
+pub fn upstream_label(ipv6: bool, target_port: Option<u16>) -> String {
+    let ip = if ipv6 { "[::1]" } else { "127.0.0.1" };
+    format!("{ip}:{}", target_port.unwrap_or(0))
+}
+
 impl AccessLog for TraceSink {
     fn record(&self, r: &RequestRecord) {
-        let upstream = r.upstream_addr.map(|a| {
-            let ip = if a.is_ipv6() { "[::1]" } else { "127.0.0.1" };
-            // The app's real port is ephemeral; on the machine it is the target port.
-            format!("{ip}:{}", r.target_port.unwrap_or(0))
-        });
         self.trace.record(
             &r.request_id,
-            Event::Machine(MachineEvent {
-                machine: self.machine.clone(),
-                method: r.method.clone(),
-                path: r.path.clone(),
-                target_header: r.target_header.clone(),
-                target_port: r.target_port,
-                target_form: r.target_form.map(str::to_string),
-                upstream,
-                status: r.status,
-                error: r.error.map(str::to_string),
-                upgraded: r.upgraded,
-                bytes_in: r.bytes_in,
-                bytes_out: r.bytes_out,
-                completed: r.completed,
-            }),
+            Event::Machine(machine_event(&self.machine, r)),
         );
     }
 }
 
 impl Machine {
+    /// Starts the machine in this process.
     pub async fn start(spec: MachineSpec, trace: Arc<TraceStore>) -> std::io::Result<Arc<Machine>> {
         let mut apps = BTreeMap::new();
         for a in &spec.apps {
@@ -72,10 +154,51 @@ impl Machine {
         }
         let listener = crate::net::bind_handover(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let proxy_addr = listener.local_addr()?;
-        let app_map: BTreeMap<u16, Vec<SocketAddr>> =
-            apps.iter().map(|(p, a)| (*p, a.candidates())).collect();
+        let m = Arc::new(Machine {
+            spec,
+            apps,
+            remote: None,
+            proxy_addr: Mutex::new(proxy_addr),
+            ports_seen: Mutex::new(vec![proxy_addr.port()]),
+            container: Mutex::new(ContainerState::Running),
+            trace,
+            stop: Mutex::new(None),
+            reservation: Mutex::new(None),
+            frozen: Mutex::new(None),
+        });
+        m.serve_proxy(listener);
+        Ok(m)
+    }
+
+    /// A machine that runs elsewhere.
+    pub fn remote(
+        spec: MachineSpec,
+        remote: Arc<dyn RemoteMachine>,
+        trace: Arc<TraceStore>,
+    ) -> Arc<Machine> {
+        let addr = remote.proxy_addr();
+        Arc::new(Machine {
+            spec,
+            apps: BTreeMap::new(),
+            remote: Some(remote),
+            proxy_addr: Mutex::new(addr),
+            ports_seen: Mutex::new(vec![]),
+            container: Mutex::new(ContainerState::Running),
+            trace,
+            stop: Mutex::new(None),
+            reservation: Mutex::new(None),
+            frozen: Mutex::new(None),
+        })
+    }
+
+    fn serve_proxy(&self, listener: tokio::net::TcpListener) {
+        let app_map: BTreeMap<u16, Vec<SocketAddr>> = self
+            .apps
+            .iter()
+            .map(|(p, a)| (*p, a.candidates()))
+            .collect();
         let config = ProxyConfig {
-            secret: spec.proxy_secret.as_deref().and_then(Secret::new),
+            secret: self.spec.proxy_secret.as_deref().and_then(Secret::new),
             localhost: Arc::new(move |port: u16| app_map.get(&port).cloned().unwrap_or_default()),
             self_port: Some(MACHINE_INGRESS_PORT),
             drain_timeout: Duration::from_millis(200),
@@ -83,8 +206,8 @@ impl Machine {
             access_log: Arc::new(Tee(vec![
                 Arc::new(TracingAccessLog),
                 Arc::new(TraceSink {
-                    machine: spec.id.clone(),
-                    trace,
+                    machine: self.spec.id.clone(),
+                    trace: self.trace.clone(),
                 }),
             ])),
             ..ProxyConfig::default()
@@ -99,20 +222,49 @@ impl Machine {
                 tracing::warn!(error = %e, "machine proxy ended");
             }
         });
-        Ok(Arc::new(Machine {
-            spec,
-            proxy_addr,
-            apps,
-            stop: Mutex::new(Some((tx, task))),
-            reservation: Mutex::new(None),
-        }))
+        if let Ok(mut s) = self.stop.lock() {
+            *s = Some((tx, task));
+        }
+        if let Ok(mut r) = self.reservation.lock() {
+            *r = None;
+        }
+    }
+
+    /// Where the machine's :8080 is reachable now.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        if let Some(r) = &self.remote {
+            return r.proxy_addr();
+        }
+        self.proxy_addr
+            .lock()
+            .map(|a| *a)
+            .unwrap_or_else(|e| *e.into_inner())
+    }
+
+    /// Every port the machine's :8080 has had.
+    pub fn ports_seen(&self) -> Vec<u16> {
+        if let Some(r) = &self.remote {
+            return r.ports_seen();
+        }
+        self.ports_seen
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn container_state(&self) -> ContainerState {
+        self.container
+            .lock()
+            .map(|c| *c)
+            .unwrap_or(ContainerState::Running)
     }
 
     /// Stops the machine proxy; when this returns, its port refuses connections.
     pub async fn proxy_down(&self) {
         let taken = self.stop.lock().ok().and_then(|mut s| s.take());
         if let Some((tx, task)) = taken {
-            if let Ok(r) = crate::net::reserve_port(self.proxy_addr)
+            let addr = self.proxy_addr();
+            if let Ok(r) = crate::net::reserve_port(addr)
                 && let Ok(mut slot) = self.reservation.lock()
             {
                 *slot = Some(r);
@@ -122,7 +274,137 @@ impl Machine {
         }
     }
 
+    /// The proxy listens again: on the same port (`same_port`) or on a new one, as a container
+    /// that comes back gets a new host port.
+    async fn proxy_up(&self, same_port: bool) -> std::io::Result<()> {
+        if self.stop.lock().map(|s| s.is_some()).unwrap_or(false) {
+            return Ok(());
+        }
+        let addr = if same_port {
+            self.proxy_addr()
+        } else {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        };
+        let listener = crate::net::bind_handover(addr)?;
+        let addr = listener.local_addr()?;
+        if let Ok(mut a) = self.proxy_addr.lock() {
+            *a = addr;
+        }
+        if let Ok(mut seen) = self.ports_seen.lock()
+            && !seen.contains(&addr.port())
+        {
+            seen.push(addr.port());
+        }
+        self.serve_proxy(listener);
+        Ok(())
+    }
+
+    /// What a container does to the processes in it, in this process: stop and start end and
+    /// restart every app and the proxy (a new host port after a start), pause leaves connections
+    /// accepted and unanswered, disconnect makes the port refuse and drops its binding.
+    pub async fn container_action(&self, action: ContainerAction) -> std::io::Result<()> {
+        use ContainerAction as A;
+        use ContainerState as S;
+        let state = self.container_state();
+        let set = |s: ContainerState| {
+            if let Ok(mut c) = self.container.lock() {
+                *c = s;
+            }
+        };
+        match action {
+            A::Stop if state != S::Exited => {
+                self.unfreeze().await;
+                self.proxy_down().await;
+                for a in self.apps.values() {
+                    a.down();
+                }
+                set(S::Exited);
+            }
+            A::Start if state == S::Exited => {
+                for a in self.apps.values() {
+                    a.reset_mid_body
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    a.released.send_replace(false);
+                    a.up().await?;
+                }
+                self.proxy_up(false).await?;
+                set(S::Running);
+            }
+            A::Restart => {
+                Box::pin(self.container_action(A::Stop)).await?;
+                Box::pin(self.container_action(A::Start)).await?;
+            }
+            A::Pause if state == S::Running => {
+                self.proxy_down().await;
+                let listener = crate::net::bind_handover(self.proxy_addr())?;
+                if let Ok(mut r) = self.reservation.lock() {
+                    *r = None;
+                }
+                let (tx, mut rx) = watch::channel(false);
+                let task = tokio::spawn(async move {
+                    let mut held = Vec::new();
+                    loop {
+                        tokio::select! {
+                            r = listener.accept() => {
+                                if let Ok((s, _)) = r {
+                                    held.push(s);
+                                }
+                            }
+                            _ = rx.changed() => break,
+                        }
+                    }
+                });
+                if let Ok(mut f) = self.frozen.lock() {
+                    *f = Some((tx, task));
+                }
+                set(S::Paused);
+            }
+            A::Unpause if state == S::Paused => {
+                if let Ok(r) = crate::net::reserve_port(self.proxy_addr())
+                    && let Ok(mut slot) = self.reservation.lock()
+                {
+                    *slot = Some(r);
+                }
+                self.unfreeze().await;
+                self.proxy_up(true).await?;
+                set(S::Running);
+            }
+            A::Disconnect if state == S::Running => {
+                self.proxy_down().await;
+                set(S::Disconnected);
+            }
+            A::Connect if state == S::Disconnected => {
+                self.proxy_up(false).await?;
+                set(S::Running);
+            }
+            // As the engine: an action that does not apply to the current state changes nothing.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn unfreeze(&self) {
+        let taken = self.frozen.lock().ok().and_then(|mut f| f.take());
+        if let Some((tx, task)) = taken {
+            tx.send_replace(true);
+            let _ = task.await;
+        }
+    }
+
     pub fn app(&self, port: u16) -> Option<&Arc<App>> {
         self.apps.get(&port)
+    }
+
+    /// Stops the machine's proxy and apps (or removes the remote machine).
+    pub async fn shutdown(&self) {
+        if let Some(r) = &self.remote {
+            r.shutdown().await;
+            return;
+        }
+        self.unfreeze().await;
+        self.proxy_down().await;
+        for a in self.apps.values() {
+            a.down();
+        }
     }
 }

@@ -81,6 +81,10 @@ enum Cmd {
         /// Where the proxy listens.
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
+        /// A control port: `POST /fault` (a fault JSON for this machine's proxy or apps) and
+        /// `POST /release/<port>` (a gated SSE app).
+        #[arg(long)]
+        control: Option<SocketAddr>,
     },
     /// Scenario files.
     Scenario {
@@ -161,7 +165,14 @@ fn build_step(r: &RequestArgs) -> Result<Step> {
 async fn start(world: &Path, listen: Option<SocketAddr>) -> Result<(World, std::time::Duration)> {
     let spec = WorldSpec::load(world)?;
     let t = Instant::now();
-    let w = World::start_opts(spec, sim::providers::docker::EngineEndpoint::Sim, listen).await?;
+    let w = World::start_opts(
+        spec,
+        sim::runtime::WorldOptions {
+            edge_listen: listen,
+            ..Default::default()
+        },
+    )
+    .await?;
     Ok((w, t.elapsed()))
 }
 
@@ -213,7 +224,7 @@ async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
             m.spec.provider.as_str(),
             m.spec.state.as_str(),
             m.spec.project,
-            m.proxy_addr,
+            m.proxy_addr(),
             apps.join(", ")
         );
     }
@@ -229,7 +240,7 @@ async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
         );
         println!(
             "  curl -s -H 'x-iterate-proxy-target-host: localhost:3000' http://{}/direct   # straight to {id}'s :8080",
-            m.proxy_addr
+            m.proxy_addr()
         );
         println!("  websocat -H 'Host: 3001__{id}.machines.iterate.town' ws://{edge}/ws");
         println!(
@@ -247,49 +258,14 @@ async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
     Ok(())
 }
 
-async fn machine(spec_json: &str, proxy: &Path, listen: SocketAddr) -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+async fn machine(
+    spec_json: &str,
+    proxy: &Path,
+    listen: SocketAddr,
+    control: Option<SocketAddr>,
+) -> Result<()> {
     let spec: sim::world::MachineSpec = serde_json::from_str(spec_json).context("--spec-json")?;
-    let trace = std::sync::Arc::new(sim::TraceStore::default());
-    trace
-        .print_json
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut apps = Vec::new();
-    for a in &spec.apps {
-        let app = sim::apps::App::start_on(&spec.id, a.clone(), trace.clone(), true)
-            .await
-            .with_context(|| format!("starting the app on port {}", a.port))?;
-        apps.push(app);
-    }
-    let mut cmd = tokio::process::Command::new(proxy);
-    cmd.args(["--listen", &listen.to_string(), "--log-format", "json"])
-        .args(["--request-id-header", sim::trace::TRACE_HEADER])
-        .kill_on_drop(true);
-    if let Some(s) = &spec.proxy_secret {
-        cmd.env("PROJECT_INGRESS_PROXY_SECRET", s);
-    }
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", proxy.display()))?;
-    let ports: Vec<u16> = apps.iter().map(|a| a.spec.port).collect();
-    println!(
-        "{}",
-        serde_json::json!({"machine": spec.id, "apps": ports, "proxy": listen.to_string()})
-    );
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        st = child.wait() => bail!("the proxy exited: {st:?}"),
-    }
-    // Let the proxy drain as it would on a real machine.
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(35), child.wait()).await;
-    Ok(())
+    sim::standalone::run(spec, proxy, listen, control).await
 }
 
 fn scenario_new(
@@ -410,7 +386,9 @@ fn main() -> ExitCode {
     let res: Result<()> = rt.block_on(async {
         match cli.cmd {
             Cmd::Up { world, listen } => up(&world, listen).await,
-            Cmd::Machine { spec_json, proxy, listen } => machine(&spec_json, &proxy, listen).await,
+            Cmd::Machine { spec_json, proxy, listen, control } => {
+                machine(&spec_json, &proxy, listen, control).await
+            }
             Cmd::Trace { world, req, json } => {
                 let (_, text) = trace(&world, &req, json).await?;
                 print!("{text}");

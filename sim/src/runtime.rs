@@ -11,7 +11,7 @@ use crate::faults::Fault;
 use crate::machine::Machine;
 use crate::net::{Handler, SimNetwork, bind_local, serve_http};
 use crate::providers::daytona::DAYTONA_PROXY_DOMAIN;
-use crate::providers::docker::{ENGINE_HOST, EngineEndpoint};
+use crate::providers::docker::{ENGINE_HOST, EngineEndpoint, EngineRelay};
 use crate::providers::fly::{FLY_BASE_DOMAIN, sanitize_app_name};
 use crate::route_pattern::RoutePattern;
 use crate::router::glob::HostGlob;
@@ -41,6 +41,8 @@ pub struct WorldState {
     pub net: SimNetwork,
     pub trace: Arc<TraceStore>,
     pub engine: EngineEndpoint,
+    /// With the docker backend, the engine address relays to a real engine.
+    pub engine_relay: Option<EngineRelay>,
     /// In world-file order (the order "first active machine" uses).
     machines: Vec<Arc<Machine>>,
     states: RwLock<HashMap<String, MachineState>>,
@@ -178,6 +180,25 @@ pub enum FaultError {
         #[source]
         source: std::io::Error,
     },
+    #[error("container fault on {machine:?}: the machine's provider is not docker")]
+    NotDocker { machine: String },
+    #[error("machine {machine:?}: {message}")]
+    Machine { machine: String, message: String },
+}
+
+/// How a world is started beyond its spec.
+#[derive(Default)]
+pub struct WorldOptions {
+    /// Where the router's Docker client finds the engine (default: the engine's sim address).
+    pub engine: Option<EngineEndpoint>,
+    /// The edge's address (`ingress-sim up --listen`).
+    pub edge_listen: Option<SocketAddr>,
+    /// Machines that run elsewhere (real containers), by machine id.
+    pub remotes: HashMap<String, Arc<dyn crate::machine::RemoteMachine>>,
+    /// Relay the engine address to a real engine.
+    pub engine_relay: Option<EngineRelay>,
+    /// The trace store (remote machines record into it, so it exists before the world).
+    pub trace: Option<Arc<TraceStore>>,
 }
 
 /// A running world.
@@ -194,15 +215,26 @@ impl World {
     }
 
     pub async fn start_with(spec: WorldSpec, engine: EngineEndpoint) -> Result<World, StartError> {
-        Self::start_opts(spec, engine, None).await
+        Self::start_opts(
+            spec,
+            WorldOptions {
+                engine: Some(engine),
+                ..WorldOptions::default()
+            },
+        )
+        .await
     }
 
-    /// As [`World::start_with`], with the edge on a given address (`ingress-sim up --listen`).
-    pub async fn start_opts(
-        spec: WorldSpec,
-        engine: EngineEndpoint,
-        edge_listen: Option<SocketAddr>,
-    ) -> Result<World, StartError> {
+    /// Starts a world with [`WorldOptions`].
+    pub async fn start_opts(spec: WorldSpec, opts: WorldOptions) -> Result<World, StartError> {
+        let WorldOptions {
+            engine,
+            edge_listen,
+            mut remotes,
+            engine_relay,
+            trace,
+        } = opts;
+        let engine = engine.unwrap_or(EngineEndpoint::Sim);
         let world = spec.name.clone();
         let routes = RoutePattern::parse_list(&spec.env.os_worker_routes).map_err(|source| {
             StartError::Routes {
@@ -214,13 +246,16 @@ impl World {
             world: world.clone(),
             source,
         };
-        let trace = Arc::new(TraceStore::default());
+        let trace = trace.unwrap_or_default();
         let mut machines = Vec::new();
         let mut states = HashMap::new();
         for m in &spec.machines {
-            let machine = Machine::start(m.clone(), trace.clone())
-                .await
-                .map_err(bind_err)?;
+            let machine = match remotes.remove(&m.id) {
+                Some(r) => Machine::remote(m.clone(), r, trace.clone()),
+                None => Machine::start(m.clone(), trace.clone())
+                    .await
+                    .map_err(bind_err)?,
+            };
             machines.push(machine);
             states.insert(m.id.clone(), m.state);
         }
@@ -254,6 +289,7 @@ impl World {
             net,
             trace,
             engine,
+            engine_relay,
             machines,
             states: RwLock::new(states),
             faults: RwLock::new(FaultState::default()),
@@ -340,6 +376,22 @@ impl World {
                     port,
                 })
         };
+        if let Some(id) = f.machine_target() {
+            let m = machine(id)?;
+            if matches!(f, Fault::Container { .. })
+                && m.spec.provider != crate::world::ProviderKind::Docker
+            {
+                return Err(FaultError::NotDocker {
+                    machine: id.to_string(),
+                });
+            }
+            if let Some(r) = &m.remote {
+                return r.apply(f).await.map_err(|message| FaultError::Machine {
+                    machine: id.to_string(),
+                    message,
+                });
+            }
+        }
         match f {
             Fault::ProviderRefuses { provider } => {
                 st.net.set_refused(st.provider_addr(*provider), true)
@@ -390,13 +442,29 @@ impl World {
                     .reset_mid_body
                     .store(true, std::sync::atomic::Ordering::Relaxed);
             }
+            Fault::Container {
+                machine: id,
+                action,
+            } => machine(id)?
+                .container_action(*action)
+                .await
+                .map_err(|e| FaultError::Machine {
+                    machine: id.clone(),
+                    message: e.to_string(),
+                })?,
         }
         Ok(())
     }
 
     /// Releases a gated SSE app.
-    pub fn release(&self, machine: &str, port: u16) -> bool {
-        match self.machine(machine).and_then(|m| m.app(port).cloned()) {
+    pub async fn release(&self, machine: &str, port: u16) -> bool {
+        let Some(m) = self.machine(machine) else {
+            return false;
+        };
+        if let Some(r) = &m.remote {
+            return r.release(port).await;
+        }
+        match m.app(port).cloned() {
             Some(app) => {
                 app.released.send_replace(true);
                 true
@@ -414,7 +482,9 @@ impl World {
         r.add_port(self.addrs.fly_edge.port(), "fly-edge");
         r.add_port(self.addrs.daytona_proxy.port(), "daytona-proxy");
         for m in self.state.machines_in_order() {
-            r.add_port(m.proxy_addr.port(), format!("{}:8080", m.spec.id));
+            for p in m.ports_seen() {
+                r.add_port(p, format!("{}:8080", m.spec.id));
+            }
             for (p, a) in &m.apps {
                 r.add_port(a.addr.port(), format!("{}:app{}", m.spec.id, p));
             }
@@ -428,9 +498,16 @@ impl World {
             s.send_replace(true);
         }
         for m in self.state.machines_in_order() {
-            m.proxy_down().await;
-            for a in m.apps.values() {
-                a.down();
+            m.shutdown().await;
+        }
+    }
+
+    /// Waits until the events of every finished request are in the trace (remote machines report
+    /// theirs with a delay; in-process ones record as they go).
+    pub async fn settle(&self) {
+        for m in self.state.machines_in_order() {
+            if let Some(r) = &m.remote {
+                r.settle().await;
             }
         }
     }

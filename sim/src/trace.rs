@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::router::hostname::ParsedTarget;
@@ -29,6 +29,20 @@ pub fn header_lines<S: serde::Serializer>(h: &[(String, String)], s: S) -> Resul
 
 fn is_false(b: &bool) -> bool {
     !*b
+}
+
+/// Reads back what [`header_lines`] wrote.
+pub fn header_lines_de<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<(String, String)>, D::Error> {
+    let lines = Vec::<String>::deserialize(d)?;
+    Ok(lines
+        .into_iter()
+        .map(|l| match l.split_once(": ") {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (l, String::new()),
+        })
+        .collect())
 }
 
 /// Headers a trace never shows (correlation only).
@@ -101,7 +115,7 @@ pub struct ProviderEvent {
     pub status: Option<u16>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MachineEvent {
     pub machine: String,
     pub method: String,
@@ -111,25 +125,49 @@ pub struct MachineEvent {
     pub target_form: Option<String>,
     pub upstream: Option<String>,
     pub status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub upgraded: bool,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub completed: bool,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AppEvent {
     pub machine: String,
     pub port: u16,
     pub kind: String,
     pub method: String,
     pub path_and_query: String,
-    #[serde(serialize_with = "header_lines")]
+    #[serde(serialize_with = "header_lines", deserialize_with = "header_lines_de")]
     pub headers: Vec<(String, String)>,
     pub body_bytes: u64,
+}
+
+/// The events a machine run on its own (in a container) prints, one JSON line each:
+/// `{"trace_id": …, "event": {"hop": "machine" | "app", …}}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteLine {
+    pub trace_id: String,
+    pub event: RemoteEvent,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "hop", rename_all = "snake_case")]
+pub enum RemoteEvent {
+    Machine(MachineEvent),
+    App(AppEvent),
+}
+
+impl From<RemoteEvent> for Event {
+    fn from(e: RemoteEvent) -> Event {
+        match e {
+            RemoteEvent::Machine(m) => Event::Machine(m),
+            RemoteEvent::App(a) => Event::App(a),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -410,7 +410,8 @@ pub fn fault_target(f: &crate::faults::Fault) -> Option<(&str, Option<u16>)> {
     match f {
         DockerNoPortMapping { machine }
         | MachineState { machine, .. }
-        | MachineProxyDown { machine } => Some((machine, None)),
+        | MachineProxyDown { machine }
+        | Container { machine, .. } => Some((machine, None)),
         AppDown { machine, port } | AppUp { machine, port } | AppResetMidBody { machine, port } => {
             Some((machine, Some(*port)))
         }

@@ -100,7 +100,7 @@ async fn docker_project_hostname_reaches_app_3000() {
     assert_eq!(g.body["path"], "/hello");
     assert_eq!(g.body["query"], "x=1");
     assert_eq!(app_header(&g, "host"), Some("localhost:3000"));
-    let port = w.machine("mach_123").unwrap().proxy_addr.port();
+    let port = w.machine("mach_123").unwrap().proxy_addr().port();
     assert_eq!(
         app_header(&g, "x-iterate-proxy-via"),
         Some(format!("127.0.0.1:{port}").as_str())

@@ -98,7 +98,7 @@ pub async fn proxy_handle(
         );
     }
     let (target, what) = if port == crate::machine::MACHINE_INGRESS_PORT {
-        (machine.proxy_addr, "machine proxy".to_string())
+        (machine.proxy_addr(), "machine proxy".to_string())
     } else {
         match machine.app(port) {
             Some(app) => (

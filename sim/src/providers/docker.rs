@@ -12,9 +12,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
+use crate::machine::{ContainerState, Machine};
 use crate::net::{BoxBody, SimNetwork, full, json_response};
 use crate::runtime::WorldState;
-use crate::trace::{Event, ProviderEvent, TRACE_HEADER};
+use crate::trace::{Event, ProviderEvent, TRACE_HEADER, TraceStore};
 use crate::world::ProviderKind;
 
 /// The sim network name of the fake engine.
@@ -42,25 +43,131 @@ pub enum DockerError {
     Unreachable(String),
 }
 
-/// The Docker provider client: container port 8080 → `http://127.0.0.1:<hostPort>`.
+/// One Engine API call over a Unix socket (a real engine): status and body.
+pub async fn engine_call(
+    socket: &std::path::Path,
+    method: http::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, bytes::Bytes), DockerError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| DockerError::Unreachable(format!("{}: {e}", socket.display())))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(http::header::HOST, "docker");
+    let body = match body {
+        Some(v) => {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+            full(v.to_string())
+        }
+        None => full(""),
+    };
+    let r = req
+        .body(body)
+        .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+    let resp = sender
+        .send_request(r)
+        .await
+        .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+    read(resp).await
+}
+
+/// The Docker provider client: container port 8080 → `http://127.0.0.1:<hostPort>`. It records
+/// what it asked and what it concluded as the `provider` hop (the same for the fake engine and a
+/// real one).
 pub async fn host_port_8080(
     net: &SimNetwork,
     engine: &EngineEndpoint,
     container_ref: &str,
-    trace_id: Option<&str>,
+    machine_id: &str,
+    trace: Option<(&TraceStore, &str)>,
 ) -> Result<u16, DockerError> {
     let path = format!("/containers/{}/json", percent_encode_path(container_ref));
-    let mut req = Request::get(&path);
-    if let Some(id) = trace_id {
-        req = req.header(TRACE_HEADER, id);
+    let answer = inspect(net, engine, &path, trace.map(|t| t.1)).await;
+    let (status, decision, result) = match answer {
+        Err(e) => (None, e.to_string(), Err(e)),
+        Ok((status, body)) => {
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            match status {
+                200 => {
+                    let binding = &v["NetworkSettings"]["Ports"]["8080/tcp"][0];
+                    let port = binding["HostPort"]
+                        .as_str()
+                        .and_then(|p| p.parse::<u16>().ok())
+                        .filter(|p| *p != 0);
+                    match port {
+                        Some(p) => (
+                            Some(200),
+                            format!(
+                                "container {container_ref} ({machine_id}): 8080/tcp → {}:{p}",
+                                binding["HostIp"].as_str().unwrap_or("")
+                            ),
+                            Ok(p),
+                        ),
+                        None => (
+                            Some(200),
+                            format!(
+                                "container {container_ref} ({machine_id}): no host port for 8080/tcp"
+                            ),
+                            Err(DockerError::NoHostPort),
+                        ),
+                    }
+                }
+                404 => (
+                    Some(404),
+                    format!("no such container {container_ref:?}"),
+                    Err(DockerError::NoSuchContainer(container_ref.to_string())),
+                ),
+                s => {
+                    let msg = v["message"].as_str().unwrap_or("").to_string();
+                    (
+                        Some(s),
+                        format!("engine answers {s}: {msg}"),
+                        Err(DockerError::Api(s, msg)),
+                    )
+                }
+            }
+        }
+    };
+    if let Some((store, id)) = trace {
+        store.record(
+            id,
+            Event::Provider(ProviderEvent {
+                provider: "docker".into(),
+                request: format!("GET {path}"),
+                decision,
+                added_headers: vec![],
+                status,
+            }),
+        );
     }
-    let (status, body) = match engine {
+    result
+}
+
+/// `GET <path>` on the engine: status and body.
+async fn inspect(
+    net: &SimNetwork,
+    engine: &EngineEndpoint,
+    path: &str,
+    trace_id: Option<&str>,
+) -> Result<(u16, bytes::Bytes), DockerError> {
+    match engine {
         EngineEndpoint::Sim => {
-            let uri: Uri = format!("http://{ENGINE_HOST}{path}").parse().map_err(|_| {
-                DockerError::Unreachable(format!("bad container ref {container_ref:?}"))
-            })?;
+            let uri: Uri = format!("http://{ENGINE_HOST}{path}")
+                .parse()
+                .map_err(|_| DockerError::Unreachable(format!("bad path {path:?}")))?;
+            let mut req = Request::get(uri);
+            if let Some(id) = trace_id {
+                req = req.header(TRACE_HEADER, id);
+            }
             let mut r = req
-                .uri(uri)
                 .body(full(""))
                 .map_err(|e| DockerError::Unreachable(e.to_string()))?;
             r.headers_mut()
@@ -69,41 +176,10 @@ pub async fn host_port_8080(
                 .send(r)
                 .await
                 .map_err(|e| DockerError::Unreachable(e.to_string()))?;
-            read(resp).await?
+            read(resp).await
         }
-        EngineEndpoint::Unix(sock) => {
-            let stream = tokio::net::UnixStream::connect(sock)
-                .await
-                .map_err(|e| DockerError::Unreachable(format!("{}: {e}", sock.display())))?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| DockerError::Unreachable(e.to_string()))?;
-            tokio::spawn(conn);
-            let r = req
-                .header(http::header::HOST, "docker")
-                .body(full(""))
-                .map_err(|e| DockerError::Unreachable(e.to_string()))?;
-            let resp = sender
-                .send_request(r)
-                .await
-                .map_err(|e| DockerError::Unreachable(e.to_string()))?;
-            read(resp).await?
-        }
-    };
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    match status {
-        200 => {}
-        404 => return Err(DockerError::NoSuchContainer(container_ref.to_string())),
-        s => {
-            let msg = v["message"].as_str().unwrap_or("").to_string();
-            return Err(DockerError::Api(s, msg));
-        }
+        EngineEndpoint::Unix(sock) => engine_call(sock, http::Method::GET, path, None).await,
     }
-    v["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
-        .as_str()
-        .and_then(|p| p.parse::<u16>().ok())
-        .filter(|p| *p != 0)
-        .ok_or(DockerError::NoHostPort)
 }
 
 async fn read(resp: http::Response<Incoming>) -> Result<(u16, bytes::Bytes), DockerError> {
@@ -126,40 +202,29 @@ fn percent_encode_path(s: &str) -> String {
         .collect()
 }
 
-/// The fake Engine API: `GET [/v1.xx]/containers/{ref}/json`.
+/// A real engine behind the engine's sim address (the docker backend): requests are passed to the
+/// Unix socket with the world's container names mapped to the real, per-run unique ones.
+#[derive(Debug, Clone)]
+pub struct EngineRelay {
+    pub socket: PathBuf,
+    /// Container reference as the world names it → the real container's name.
+    pub names: std::collections::HashMap<String, String>,
+}
+
+/// The engine at [`ENGINE_HOST`]: `GET [/v1.xx]/containers/{ref}/json`, answered by the fake
+/// engine from the world, or relayed to a real engine. Docker provider faults apply to both.
 pub async fn engine_handle(
     state: Arc<WorldState>,
     req: Request<Incoming>,
 ) -> http::Response<BoxBody> {
-    let trace_id = req
-        .headers()
-        .get(TRACE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let path = req.uri().path().to_string();
-    let request = format!("{} {}", req.method(), path);
-    let record = |decision: String, status: u16| {
-        if let Some(id) = &trace_id {
-            state.trace.record(
-                id,
-                Event::Provider(ProviderEvent {
-                    provider: "docker".into(),
-                    request: request.clone(),
-                    decision,
-                    added_headers: vec![],
-                    status: Some(status),
-                }),
-            );
-        }
-    };
     if let Some(delay) = state.provider_delay(ProviderKind::Docker) {
         tokio::time::sleep(delay).await;
     }
     if let Some(code) = state.provider_status(ProviderKind::Docker) {
-        record(format!("engine fault: answers {code}"), code);
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return json_response(status, &json!({"message": "simulated engine failure"}));
     }
+    let path = req.uri().path().to_string();
     // Strip an optional API version prefix.
     let p = path
         .strip_prefix("/v")
@@ -170,47 +235,84 @@ pub async fn engine_handle(
         .and_then(|r| r.strip_suffix("/json"))
         .map(percent_decode);
     let Some(container) = container.filter(|_| req.method() == http::Method::GET) else {
-        record("unsupported endpoint".into(), 404);
         return json_response(StatusCode::NOT_FOUND, &json!({"message": "page not found"}));
     };
-    let Some(machine) = state.docker_machine_by_ref(&container) else {
-        record(format!("no such container {container:?}"), 404);
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"message": format!("No such container: {container}")}),
-        );
+    let machine = state.docker_machine_by_ref(&container);
+    let unmapped = machine
+        .as_ref()
+        .is_some_and(|m| !m.spec.metadata.publish_8080 || state.docker_unmapped(&m.spec.id));
+    let mut v = match &state.engine_relay {
+        Some(relay) => match relay_inspect(relay, &container).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return no_such_container(&container),
+            Err(e) => {
+                return json_response(
+                    StatusCode::BAD_GATEWAY,
+                    &json!({"message": format!("relay to the real engine failed: {e}")}),
+                );
+            }
+        },
+        None => match &machine {
+            Some(m) => fake_inspect(m, &container),
+            None => return no_such_container(&container),
+        },
     };
-    let mapped = machine.spec.metadata.publish_8080 && !state.docker_unmapped(&machine.spec.id);
-    let host_port = machine.proxy_addr.port();
-    let ports = if mapped {
-        json!({"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": host_port.to_string()}]})
+    if unmapped {
+        v["NetworkSettings"]["Ports"] = json!({});
+    }
+    json_response(StatusCode::OK, &v)
+}
+
+fn no_such_container(container: &str) -> http::Response<BoxBody> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"message": format!("No such container: {container}")}),
+    )
+}
+
+/// What a real engine answers for a container in the machine's container state.
+fn fake_inspect(machine: &Machine, container: &str) -> serde_json::Value {
+    let c = machine.container_state();
+    let ports = if c.port_published() {
+        json!({"8080/tcp": [
+            {"HostIp": "0.0.0.0", "HostPort": machine.proxy_addr().port().to_string()},
+            {"HostIp": "::", "HostPort": machine.proxy_addr().port().to_string()},
+        ]})
     } else {
         json!({})
     };
-    record(
-        if mapped {
-            format!(
-                "container {container} ({}): 8080/tcp → 0.0.0.0:{host_port}",
-                machine.spec.id
-            )
-        } else {
-            format!(
-                "container {container} ({}): no host port for 8080/tcp",
-                machine.spec.id
-            )
-        },
-        200,
-    );
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "Id": format!("sim-{}", machine.spec.id),
-            "Name": format!("/{container}"),
-            "State": {"Status": "running", "Running": true, "Paused": false},
-            "Config": {"ExposedPorts": {"8080/tcp": {}}},
-            "NetworkSettings": {"Ports": ports},
-        }),
-    )
+    json!({
+        "Id": format!("sim-{}", machine.spec.id),
+        "Name": format!("/{container}"),
+        "State": {"Status": c.status(), "Running": c.running(), "Paused": c == ContainerState::Paused},
+        "Config": {"ExposedPorts": {"8080/tcp": {}}},
+        "NetworkSettings": {"Ports": ports},
+    })
+}
+
+/// Inspects the real container behind a world's container reference; `None` when there is none.
+async fn relay_inspect(
+    relay: &EngineRelay,
+    container: &str,
+) -> Result<Option<serde_json::Value>, DockerError> {
+    let Some(real) = relay.names.get(container) else {
+        return Ok(None);
+    };
+    let path = format!("/containers/{}/json", percent_encode_path(real));
+    let (status, body) = engine_call(&relay.socket, http::Method::GET, &path, None).await?;
+    match status {
+        200 => {
+            let mut v: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| DockerError::Unreachable(format!("engine JSON: {e}")))?;
+            v["Name"] = json!(format!("/{container}"));
+            Ok(Some(v))
+        }
+        404 => Ok(None),
+        s => Err(DockerError::Api(
+            s,
+            String::from_utf8_lossy(&body).into_owned(),
+        )),
+    }
 }
 
 fn percent_decode(s: &str) -> String {

@@ -101,7 +101,7 @@ pub async fn edge_handle(
         ("via".to_string(), "1.1 fly.io".to_string()),
     ];
     let decision = format!("app {app} → machine {} port 8080", machine.spec.id);
-    forward_to_machine(&state, "fly", req, machine.proxy_addr, added, decision).await
+    forward_to_machine(&state, "fly", req, machine.proxy_addr(), added, decision).await
 }
 
 #[cfg(test)]

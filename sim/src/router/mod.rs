@@ -198,7 +198,8 @@ async fn base_url(
                 .container_ref
                 .clone()
                 .unwrap_or_else(|| external_id.to_string());
-            let port = host_port_8080(&state.net, &state.engine, &r, trace_id)
+            let trace = trace_id.map(|id| (&*state.trace, id));
+            let port = host_port_8080(&state.net, &state.engine, &r, &machine.spec.id, trace)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(format!("http://127.0.0.1:{port}"))
