@@ -115,6 +115,12 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         eprintln!("e2e: no scenario matches {:?}", args.filters);
         return 1;
     }
+    if args.accept && args.backend == Backend::Docker {
+        eprintln!(
+            "e2e: --accept works in-process only: the docker backend compares with the same snapshots, and a difference is a bug to fix, not a second snapshot"
+        );
+        return 2;
+    }
     if args.accept {
         // SAFETY: set before any other thread exists (the runtime is built below).
         unsafe { std::env::set_var("INSTA_UPDATE", "always") };
@@ -132,10 +138,16 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     let started = Instant::now();
     let runs = runtime.block_on(run_all(&layout, found, args.backend, args.jobs));
     let mut results = Vec::new();
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
     let mut produced = BTreeSet::new();
     let stdout = std::io::stdout();
     for run in &runs {
+        if let Some(why) = &run.skipped {
+            skipped += 1;
+            let _ = writeln!(stdout.lock(), "skip {:<52} {why}", run.found.id);
+            results.push((run, vec![]));
+            continue;
+        }
         let mut fails = run.failures.clone();
         fails.extend(check_snapshots(&layout, run));
         for s in &run.steps {
@@ -195,7 +207,11 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         runs.len(),
         args.jobs
     );
-    println!("e2e: {passed} passed, {failed} failed");
+    if skipped > 0 {
+        println!("e2e: {passed} passed, {failed} failed, {skipped} skipped");
+    } else {
+        println!("e2e: {passed} passed, {failed} failed");
+    }
     if failed > 0 { 1 } else { 0 }
 }
 

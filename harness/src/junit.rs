@@ -45,7 +45,11 @@ pub fn render(runs: &[(&ScenarioRun, Vec<String>)], total_secs: f64) -> String {
             esc(&name),
             run.duration.as_secs_f64()
         );
-        if fails.is_empty() {
+        if let Some(why) = &run.skipped {
+            let _ = writeln!(x, ">");
+            let _ = writeln!(x, r#"      <skipped message="{}"/>"#, esc(why));
+            let _ = writeln!(x, "    </testcase>");
+        } else if fails.is_empty() {
             let _ = writeln!(x, "/>");
         } else {
             let _ = writeln!(x, ">");
@@ -79,6 +83,7 @@ mod tests {
             steps: vec![],
             failures: vec![],
             duration: std::time::Duration::from_millis(12),
+            skipped: None,
         };
         let fail = ScenarioRun {
             found: Found {

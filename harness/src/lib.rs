@@ -4,6 +4,7 @@
 //! binary) and `cargo test` (the `e2e` test target).
 
 pub mod cli;
+pub mod docker;
 pub mod expect;
 pub mod junit;
 
@@ -48,7 +49,8 @@ impl Layout {
 pub enum Backend {
     /// Every hop in this process on loopback.
     InProcess,
-    /// Docker-provider machines as real containers (not available in this build).
+    /// Docker-provider machines as real containers (the machine image, a real engine); the
+    /// rest of the chain in this process. Scenarios that reach no Docker machine are skipped.
     Docker,
 }
 
@@ -110,6 +112,8 @@ pub struct ScenarioRun {
     pub steps: Vec<StepRun>,
     pub failures: Vec<String>,
     pub duration: Duration,
+    /// Why the scenario did not run with this backend (it is not a failure).
+    pub skipped: Option<String>,
 }
 
 impl ScenarioRun {
@@ -120,7 +124,37 @@ impl ScenarioRun {
             steps: vec![],
             failures: vec![msg],
             duration,
+            skipped: None,
         }
+    }
+}
+
+/// What the docker backend needs, found once per run.
+#[derive(Debug, Clone)]
+pub struct DockerEnv {
+    pub socket: PathBuf,
+    pub image: String,
+}
+
+impl DockerEnv {
+    /// Finds the engine and the image (`INGRESS_MACHINE_IMAGE`, else the default), and removes
+    /// containers left by a crashed run.
+    pub async fn prepare() -> Result<DockerEnv, String> {
+        Self::prepare_with(None).await
+    }
+
+    /// As [`DockerEnv::prepare`], with this image.
+    pub async fn prepare_with(image: Option<String>) -> Result<DockerEnv, String> {
+        let socket = docker::engine_socket()
+            .await
+            .map_err(|e| format!("no Docker engine: {e}"))?;
+        let image = docker::image(&socket, image).await?;
+        match docker::sweep(&socket).await {
+            Ok(0) => {}
+            Ok(n) => eprintln!("removed {n} container(s) left by an earlier run"),
+            Err(e) => eprintln!("could not sweep old containers: {e}"),
+        }
+        Ok(DockerEnv { socket, image })
     }
 }
 
@@ -138,28 +172,43 @@ pub fn snapshot_dir(layout: &Layout, found: &Found) -> PathBuf {
     }
 }
 
-/// Runs one scenario in a fresh world.
-pub async fn run_scenario(layout: &Layout, found: Found, backend: Backend) -> ScenarioRun {
+/// Runs one scenario in a fresh world (with the docker backend, `docker` says where the engine
+/// and image are).
+pub async fn run_scenario(
+    layout: &Layout,
+    found: Found,
+    docker: Option<&DockerEnv>,
+) -> ScenarioRun {
     let start = Instant::now();
     let scenario = match Scenario::load(&found.path) {
         Ok(s) => s,
         Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
     };
-    if backend == Backend::Docker {
-        return ScenarioRun::failed(
-            found,
-            "backend docker is not available in this build: worlds run in-process only".into(),
-            start.elapsed(),
-        );
-    }
     let world_path = scenario.world_path(&found.path, &layout.worlds());
     let spec = match WorldSpec::load(&world_path) {
         Ok(s) => s,
         Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
     };
-    let world = match World::start(spec).await {
+    let world = match docker {
+        None => World::start(spec).await.map_err(|e| e.to_string()),
+        Some(env) => match docker_world(env, spec, &scenario).await {
+            Ok(Some(w)) => Ok(w),
+            Ok(None) => {
+                return ScenarioRun {
+                    found,
+                    description: scenario.description,
+                    steps: vec![],
+                    failures: vec![],
+                    duration: start.elapsed(),
+                    skipped: Some("reaches no Docker machine".into()),
+                };
+            }
+            Err(e) => Err(e),
+        },
+    };
+    let world = match world {
         Ok(w) => w,
-        Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
+        Err(e) => return ScenarioRun::failed(found, e, start.elapsed()),
     };
     let mut steps = Vec::new();
     let mut failures = Vec::new();
@@ -184,6 +233,122 @@ pub async fn run_scenario(layout: &Layout, found: Found, backend: Backend) -> Sc
         steps,
         failures,
         duration: start.elapsed(),
+        skipped: None,
+    }
+}
+
+/// The Docker machines a scenario reaches: those its steps' traces show (the router chose it, or
+/// its proxy answered), those it sends to directly, and those its faults act on. Found by running
+/// the scenario in-process first (a few milliseconds).
+pub async fn docker_machines_reached(spec: &WorldSpec, scenario: &Scenario) -> Vec<String> {
+    let is_docker = |id: &str| {
+        spec.machine(id)
+            .is_some_and(|m| m.provider == sim::world::ProviderKind::Docker)
+    };
+    let mut ids: Vec<String> = Vec::new();
+    let mut add = |id: &str| {
+        if is_docker(id) && !ids.iter().any(|x| x == id) {
+            ids.push(id.to_string());
+        }
+    };
+    for step in &scenario.steps {
+        if let Some(d) = &step.direct {
+            add(d);
+        }
+        for f in &step.faults {
+            if let Some(m) = f.machine_target() {
+                add(m);
+            }
+        }
+    }
+    for f in &spec.faults {
+        if let Some(m) = f.machine_target() {
+            add(m);
+        }
+    }
+    if let Ok(world) = World::start(spec.clone()).await {
+        for step in &scenario.steps {
+            let doc = sim::exec::run_step(&world, step).await;
+            for h in &doc.hops {
+                match h {
+                    sim::trace::Event::Router(r) => {
+                        if let Some(m) = &r.machine {
+                            add(&m.id);
+                        }
+                    }
+                    sim::trace::Event::Machine(m) => add(&m.machine),
+                    _ => {}
+                }
+            }
+        }
+        world.shutdown().await;
+    }
+    ids
+}
+
+/// A world whose reached Docker machines are real containers; `None` when it reaches none.
+async fn docker_world(
+    env: &DockerEnv,
+    spec: WorldSpec,
+    scenario: &Scenario,
+) -> Result<Option<World>, String> {
+    let ids = docker_machines_reached(&spec, scenario).await;
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let trace = Arc::new(sim::TraceStore::default());
+    let starts = ids.iter().filter_map(|id| spec.machine(id)).map(|m| {
+        let trace = trace.clone();
+        async move {
+            docker::ContainerMachine::start(&env.socket, &env.image, m, trace)
+                .await
+                .map(|c| (m.clone(), c))
+        }
+    });
+    let started = futures_util::future::join_all(starts).await;
+    let mut remotes: std::collections::HashMap<String, Arc<dyn sim::machine::RemoteMachine>> =
+        Default::default();
+    let mut names = std::collections::HashMap::new();
+    let mut first_err = None;
+    for r in started {
+        match r {
+            Ok((m, c)) => {
+                if let Some(r) = m
+                    .metadata
+                    .container_ref
+                    .clone()
+                    .or_else(|| m.external_id.clone())
+                {
+                    names.insert(r, c.name.clone());
+                }
+                remotes.insert(m.id.clone(), c);
+            }
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    if let Some(e) = first_err {
+        for r in remotes.values() {
+            r.shutdown().await;
+        }
+        return Err(e);
+    }
+    let opts = sim::runtime::WorldOptions {
+        remotes: remotes.clone(),
+        engine_relay: Some(sim::providers::docker::EngineRelay {
+            socket: env.socket.clone(),
+            names,
+        }),
+        trace: Some(trace),
+        ..Default::default()
+    };
+    match World::start_opts(spec, opts).await {
+        Ok(w) => Ok(Some(w)),
+        Err(e) => {
+            for r in remotes.values() {
+                r.shutdown().await;
+            }
+            Err(e.to_string())
+        }
     }
 }
 
@@ -194,14 +359,37 @@ pub async fn run_all(
     backend: Backend,
     jobs: usize,
 ) -> Vec<ScenarioRun> {
+    let docker = match backend {
+        Backend::InProcess => None,
+        Backend::Docker => match DockerEnv::prepare().await {
+            Ok(env) => Some(env),
+            Err(e) => {
+                return found
+                    .into_iter()
+                    .map(|f| ScenarioRun::failed(f, format!("backend docker: {e}"), Duration::ZERO))
+                    .collect();
+            }
+        },
+    };
+    run_all_in(layout, found, docker, jobs).await
+}
+
+/// As [`run_all`], with the docker backend's environment already found (or in-process: `None`).
+pub async fn run_all_in(
+    layout: &Layout,
+    found: Vec<Found>,
+    docker: Option<DockerEnv>,
+    jobs: usize,
+) -> Vec<ScenarioRun> {
     let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
     let mut handles = Vec::new();
     for f in found {
         let sem = sem.clone();
         let layout = layout.clone();
+        let docker = docker.clone();
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            run_scenario(&layout, f, backend).await
+            run_scenario(&layout, f, docker.as_ref()).await
         }));
     }
     let mut out = Vec::new();

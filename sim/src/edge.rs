@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::net::{BoxBody, OnEnd, boxed, is_upgrade, json_response, relay_response};
+use crate::net::{BoxBody, OnEnd, boxed, is_upgrade, json_response, relay_response, text_response};
 use crate::route_pattern::{RoutePattern, best_match};
 use crate::runtime::WorldState;
 use crate::trace::{EdgeEvent, Event, TRACE_HEADER};
@@ -110,16 +110,28 @@ pub async fn handle(
                     );
                 }
             }
-            match state
-                .net
-                .send(Request::from_parts(parts, boxed(body)))
-                .await
+            let limit = std::time::Duration::from_millis(state.spec.edge.origin_timeout_ms);
+            match tokio::time::timeout(
+                limit,
+                state.net.send(Request::from_parts(parts, boxed(body))),
+            )
+            .await
             {
-                Ok(r) => {
+                Err(_) => {
+                    ev.decision = format!(
+                        "origin timeout: no response head within {} ms → 524",
+                        limit.as_millis()
+                    );
+                    text_response(
+                        StatusCode::from_u16(524).unwrap_or(StatusCode::GATEWAY_TIMEOUT),
+                        "error code: 524",
+                    )
+                }
+                Ok(Ok(r)) => {
                     ev.decision = "forwarded to the OS router".into();
                     relay_response(r, client_upgrade)
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     ev.decision = format!("OS router unreachable: {e}");
                     json_response(
                         StatusCode::BAD_GATEWAY,

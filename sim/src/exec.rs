@@ -171,7 +171,7 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
     let addr = match &step.direct {
         None => world.addrs.edge,
         Some(m) => match world.machine(m) {
-            Some(machine) => machine.proxy_addr(),
+            Some(machine) => machine.public_addr(),
             None => {
                 doc.client_error = Some(format!("direct: unknown machine {m:?}"));
                 return doc;

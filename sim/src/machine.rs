@@ -15,10 +15,11 @@ use futures_util::future::BoxFuture;
 use proxy::access_log::{AccessLog, RequestRecord, Tee, TracingAccessLog};
 use proxy::{ProxyConfig, Secret};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::apps::App;
 use crate::faults::Fault;
+use crate::providers::docker_proxy::PublishedPort;
 use crate::trace::{Event, MachineEvent, TRACE_HEADER, TraceStore};
 use crate::world::MachineSpec;
 
@@ -95,8 +96,8 @@ pub struct Machine {
     stop: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
     /// While the proxy is down: the port, bound but not listening (see `net::reserve_port`).
     reservation: Mutex<Option<socket2::Socket>>,
-    /// While paused: accepts connections and never answers.
-    frozen: Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
+    /// A Docker machine's published 8080 (the engine's docker-proxy), while it has one.
+    published: Mutex<Option<PublishedPort>>,
 }
 
 /// Records the proxy's decisions into the trace.
@@ -164,9 +165,12 @@ impl Machine {
             trace,
             stop: Mutex::new(None),
             reservation: Mutex::new(None),
-            frozen: Mutex::new(None),
+            published: Mutex::new(None),
         });
         m.serve_proxy(listener);
+        if m.spec.provider == crate::world::ProviderKind::Docker && m.spec.metadata.publish_8080 {
+            m.publish().await?;
+        }
         Ok(m)
     }
 
@@ -187,7 +191,7 @@ impl Machine {
             trace,
             stop: Mutex::new(None),
             reservation: Mutex::new(None),
-            frozen: Mutex::new(None),
+            published: Mutex::new(None),
         })
     }
 
@@ -274,34 +278,60 @@ impl Machine {
         }
     }
 
-    /// The proxy listens again: on the same port (`same_port`) or on a new one, as a container
-    /// that comes back gets a new host port.
-    async fn proxy_up(&self, same_port: bool) -> std::io::Result<()> {
+    /// The proxy listens again on its port.
+    async fn proxy_up(&self) -> std::io::Result<()> {
         if self.stop.lock().map(|s| s.is_some()).unwrap_or(false) {
             return Ok(());
         }
-        let addr = if same_port {
-            self.proxy_addr()
-        } else {
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        };
-        let listener = crate::net::bind_handover(addr)?;
-        let addr = listener.local_addr()?;
-        if let Ok(mut a) = self.proxy_addr.lock() {
-            *a = addr;
-        }
-        if let Ok(mut seen) = self.ports_seen.lock()
-            && !seen.contains(&addr.port())
-        {
-            seen.push(addr.port());
-        }
+        let listener = crate::net::bind_handover(self.proxy_addr())?;
         self.serve_proxy(listener);
         Ok(())
     }
 
-    /// What a container does to the processes in it, in this process: stop and start end and
-    /// restart every app and the proxy (a new host port after a start), pause leaves connections
-    /// accepted and unanswered, disconnect makes the port refuse and drops its binding.
+    /// Publishes the proxy's port on a new host port (what the engine does at container start
+    /// and network connect).
+    async fn publish(&self) -> std::io::Result<()> {
+        let p = PublishedPort::start(self.proxy_addr()).await?;
+        if let Ok(mut seen) = self.ports_seen.lock() {
+            seen.push(p.addr.port());
+        }
+        if let Ok(mut slot) = self.published.lock() {
+            *slot = Some(p);
+        }
+        Ok(())
+    }
+
+    async fn unpublish(&self) {
+        let taken = self.published.lock().ok().and_then(|mut p| p.take());
+        if let Some(p) = taken {
+            p.close().await;
+        }
+    }
+
+    /// A Docker machine's published host port for 8080, if it has one now.
+    pub fn host_addr(&self) -> Option<SocketAddr> {
+        if let Some(r) = &self.remote {
+            let a = r.proxy_addr();
+            return (a.port() != 0).then_some(a);
+        }
+        self.published
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|p| p.addr))
+    }
+
+    /// Where a client outside the machine reaches its :8080: a Docker machine's published port,
+    /// any other machine's proxy.
+    pub fn public_addr(&self) -> SocketAddr {
+        match self.spec.provider {
+            crate::world::ProviderKind::Docker => self.host_addr().unwrap_or(self.proxy_addr()),
+            _ => self.proxy_addr(),
+        }
+    }
+
+    /// What a container does, in this process: stop ends the apps and the proxy and drops the
+    /// port binding; start brings them back with a new host port; pause holds all data through
+    /// the published port; disconnect drops the binding while everything keeps running.
     pub async fn container_action(&self, action: ContainerAction) -> std::io::Result<()> {
         use ContainerAction as A;
         use ContainerState as S;
@@ -311,9 +341,16 @@ impl Machine {
                 *c = s;
             }
         };
+        let pause = |on: bool| {
+            if let Ok(p) = self.published.lock()
+                && let Some(p) = p.as_ref()
+            {
+                p.set_paused(on);
+            }
+        };
         match action {
             A::Stop if state != S::Exited => {
-                self.unfreeze().await;
+                self.unpublish().await;
                 self.proxy_down().await;
                 for a in self.apps.values() {
                     a.down();
@@ -327,7 +364,10 @@ impl Machine {
                     a.released.send_replace(false);
                     a.up().await?;
                 }
-                self.proxy_up(false).await?;
+                self.proxy_up().await?;
+                if self.spec.metadata.publish_8080 {
+                    self.publish().await?;
+                }
                 set(S::Running);
             }
             A::Restart => {
@@ -335,60 +375,27 @@ impl Machine {
                 Box::pin(self.container_action(A::Start)).await?;
             }
             A::Pause if state == S::Running => {
-                self.proxy_down().await;
-                let listener = crate::net::bind_handover(self.proxy_addr())?;
-                if let Ok(mut r) = self.reservation.lock() {
-                    *r = None;
-                }
-                let (tx, mut rx) = watch::channel(false);
-                let task = tokio::spawn(async move {
-                    let mut held = Vec::new();
-                    loop {
-                        tokio::select! {
-                            r = listener.accept() => {
-                                if let Ok((s, _)) = r {
-                                    held.push(s);
-                                }
-                            }
-                            _ = rx.changed() => break,
-                        }
-                    }
-                });
-                if let Ok(mut f) = self.frozen.lock() {
-                    *f = Some((tx, task));
-                }
+                pause(true);
                 set(S::Paused);
             }
             A::Unpause if state == S::Paused => {
-                if let Ok(r) = crate::net::reserve_port(self.proxy_addr())
-                    && let Ok(mut slot) = self.reservation.lock()
-                {
-                    *slot = Some(r);
-                }
-                self.unfreeze().await;
-                self.proxy_up(true).await?;
+                pause(false);
                 set(S::Running);
             }
             A::Disconnect if state == S::Running => {
-                self.proxy_down().await;
+                self.unpublish().await;
                 set(S::Disconnected);
             }
             A::Connect if state == S::Disconnected => {
-                self.proxy_up(false).await?;
+                if self.spec.metadata.publish_8080 {
+                    self.publish().await?;
+                }
                 set(S::Running);
             }
             // As the engine: an action that does not apply to the current state changes nothing.
             _ => {}
         }
         Ok(())
-    }
-
-    async fn unfreeze(&self) {
-        let taken = self.frozen.lock().ok().and_then(|mut f| f.take());
-        if let Some((tx, task)) = taken {
-            tx.send_replace(true);
-            let _ = task.await;
-        }
     }
 
     pub fn app(&self, port: u16) -> Option<&Arc<App>> {
@@ -401,7 +408,7 @@ impl Machine {
             r.shutdown().await;
             return;
         }
-        self.unfreeze().await;
+        self.unpublish().await;
         self.proxy_down().await;
         for a in self.apps.values() {
             a.down();

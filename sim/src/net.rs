@@ -87,10 +87,30 @@ pub enum NetError {
     Refused(String),
     #[error("connect {0}: {1}")]
     Connect(String, std::io::Error),
-    #[error("fetch failed: {0}")]
+    #[error("fetch failed: {}", fetch_cause(.0))]
     Http(#[from] hyper::Error),
     #[error("invalid url: {0}")]
     Url(String),
+}
+
+/// What Node's fetch (undici) says when a request fails after the connection was made: a
+/// connection that the other side closed before a complete response is `other side closed`
+/// however the close raced with the request (hyper reports it as canceled, incomplete or a reset).
+fn fetch_cause(e: &hyper::Error) -> String {
+    use std::io::ErrorKind as K;
+    let io_closed = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                K::ConnectionReset | K::BrokenPipe | K::UnexpectedEof | K::ConnectionAborted
+            )
+        });
+    if e.is_canceled() || e.is_incomplete_message() || io_closed {
+        "other side closed".to_string()
+    } else {
+        e.to_string()
+    }
 }
 
 impl SimNetwork {

@@ -1,7 +1,7 @@
 //! One machine on its own, as a container runs it (`ingress-sim machine`): the world's apps on
 //! their real ports, the shipped `project-ingress-proxy` binary as a child on :8080, and every hop
-//! event — the apps' and the proxy's access log turned into machine events — printed as one JSON
-//! line on stdout (`{"trace_id": …, "event": …}`). An optional control port takes the faults that
+//! event — the apps' and the proxy's access log (its stderr) turned into machine events — printed
+//! as one JSON line on stdout (`{"trace_id": …, "event": …}`). An optional control port takes the faults that
 //! act inside the machine (`POST /fault`) and releases gated SSE apps (`POST /release/<port>`).
 
 use std::collections::BTreeMap;
@@ -167,7 +167,7 @@ pub async fn run(
     let mut cmd = tokio::process::Command::new(proxy_bin);
     cmd.args(["--listen", &listen.to_string(), "--log-format", "json"])
         .args(["--request-id-header", TRACE_HEADER])
-        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(s) = &spec.proxy_secret {
         cmd.env("PROJECT_INGRESS_PROXY_SECRET", s);
@@ -175,7 +175,8 @@ pub async fn run(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", proxy_bin.display()))?;
-    let stdout = child.stdout.take().context("the proxy's stdout")?;
+    // The proxy logs to stderr.
+    let log = child.stderr.take().context("the proxy's stderr")?;
     let machine = Arc::new(Running {
         spec: spec.clone(),
         apps,
@@ -187,7 +188,7 @@ pub async fn run(
     let id = spec.id.clone();
     let t = trace.clone();
     tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut lines = tokio::io::BufReader::new(log).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             let parsed = serde_json::from_str::<Value>(&line).ok();
             match parsed.as_ref().and_then(|v| access_line_event(&id, v)) {
@@ -235,4 +236,28 @@ pub async fn run(
     // Let the proxy drain as it would on a real machine.
     machine.stop_proxy().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_lines_become_machine_events() {
+        let line = r#"{"timestamp":"2026-11-25T22:08:48.711356Z","level":"INFO","message":"request","request_id":"abc","method":"GET","path":"/x","target_header":"localhost:13000","target_port":13000,"target_form":"local_host_port","upstream":"[::1]:13000","status":200,"upgraded":false,"duration_ms":2.268455,"head_ms":2.22873,"bytes_in":0,"bytes_out":313,"completed":true,"target":"project_ingress_proxy::access"}"#;
+        let v: Value = serde_json::from_str(line).unwrap();
+        let (id, ev) = access_line_event("m1", &v).expect("an access line");
+        assert_eq!(id, "abc");
+        assert_eq!(ev.machine, "m1");
+        assert_eq!(ev.target_port, Some(13000));
+        assert_eq!(ev.target_form.as_deref(), Some("local_host_port"));
+        assert_eq!(ev.upstream.as_deref(), Some("[::1]:13000"));
+        assert_eq!(ev.status, 200);
+        assert!(ev.completed);
+        let other: Value = serde_json::from_str(
+            r#"{"message":"project-ingress-proxy listening","target":"proxy::server"}"#,
+        )
+        .unwrap();
+        assert!(access_line_event("m1", &other).is_none());
+    }
 }

@@ -323,6 +323,32 @@ pub struct WorldSpec {
     /// Faults in force from the start.
     #[serde(default)]
     pub faults: Vec<crate::faults::Fault>,
+    #[serde(default)]
+    pub edge: EdgeSpec,
+}
+
+/// The edge's own settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSpec {
+    /// How long the edge waits for the origin's response head before answering 524 (Cloudflare:
+    /// 100 s).
+    #[serde(default = "EdgeSpec::default_origin_timeout_ms")]
+    pub origin_timeout_ms: u64,
+}
+
+impl EdgeSpec {
+    fn default_origin_timeout_ms() -> u64 {
+        100_000
+    }
+}
+
+impl Default for EdgeSpec {
+    fn default() -> Self {
+        EdgeSpec {
+            origin_timeout_ms: Self::default_origin_timeout_ms(),
+        }
+    }
 }
 
 /// A world file that could not be used.

@@ -100,7 +100,8 @@ async fn docker_project_hostname_reaches_app_3000() {
     assert_eq!(g.body["path"], "/hello");
     assert_eq!(g.body["query"], "x=1");
     assert_eq!(app_header(&g, "host"), Some("localhost:3000"));
-    let port = w.machine("mach_123").unwrap().proxy_addr().port();
+    // The router reaches a Docker machine through its published host port (docker-proxy).
+    let port = w.machine("mach_123").unwrap().host_addr().unwrap().port();
     assert_eq!(
         app_header(&g, "x-iterate-proxy-via"),
         Some(format!("127.0.0.1:{port}").as_str())

@@ -406,7 +406,7 @@ fn free_port() -> u16 {
 /// ports, the shipped proxy binary in front, hop events as JSON lines, SIGTERM drains and exits 0.
 #[tokio::test]
 async fn machine_runs_apps_behind_the_shipped_proxy() {
-    let (app_port, proxy_port) = (free_port(), free_port());
+    let (app_port, proxy_port, control_port) = (free_port(), free_port(), free_port());
     let spec = format!(
         r#"{{"id":"mach_x","project":"p","state":"active","provider":"docker","apps":[{{"port":{app_port},"kind":"echo"}}]}}"#
     );
@@ -417,6 +417,8 @@ async fn machine_runs_apps_behind_the_shipped_proxy() {
             &spec,
             "--listen",
             &format!("127.0.0.1:{proxy_port}"),
+            "--control",
+            &format!("127.0.0.1:{control_port}"),
         ])
         .arg("--proxy")
         .arg(proxy_binary())
@@ -481,6 +483,59 @@ async fn machine_runs_apps_behind_the_shipped_proxy() {
     let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(ev["event"]["hop"], "app");
     assert_eq!(ev["event"]["path_and_query"], "/hello?x=1");
+    // Then the proxy's access line, turned into the machine hop's event.
+    let next_event = |id: &str| loop {
+        let l = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no hop event line");
+        if l.contains(&format!("\"{id}\"")) {
+            break serde_json::from_str::<serde_json::Value>(&l).unwrap();
+        }
+    };
+    let ev = next_event("t42");
+    assert_eq!(ev["event"]["hop"], "machine", "{ev}");
+    assert_eq!(ev["event"]["machine"], "mach_x");
+    assert_eq!(ev["event"]["target_port"], app_port);
+    assert_eq!(ev["event"]["target_form"], "local_host_port");
+    assert_eq!(
+        ev["event"]["upstream"],
+        format!("127.0.0.1:{app_port}").as_str()
+    );
+    assert_eq!(ev["event"]["status"], 200);
+    // The control port: a fault for this machine's app, then the app is refused.
+    let control: std::net::SocketAddr = ([127, 0, 0, 1], control_port).into();
+    let fault = format!(r#"{{"fault":"app_down","machine":"mach_x","port":{app_port}}}"#);
+    let r = sim::client::send(control, "POST", "http://c/fault", &[], fault.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let other = r#"{"fault":"app_down","machine":"mach_other","port":1}"#;
+    let r = sim::client::send(control, "POST", "http://c/fault", &[], other.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a fault for another machine is refused");
+    let r = sim::client::send(
+        control,
+        "POST",
+        "http://c/release/1",
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404, "no app on port 1");
+    let headers = vec![
+        headers[0].clone(),
+        ("x-sim-trace-id".to_string(), "t43".to_string()),
+    ];
+    let resp = sim::client::send(proxy, "GET", "http://m/down", &headers, bytes::Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let ev = next_event("t43");
+    assert_eq!(ev["event"]["hop"], "machine", "{ev}");
+    assert_eq!(ev["event"]["status"], 502);
+    assert_eq!(ev["event"]["error"], "proxy_error");
     signal_and_expect_clean_exit(&mut child, libc::SIGTERM, "machine did not stop on SIGTERM")
         .await;
 }

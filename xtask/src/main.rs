@@ -1,7 +1,8 @@
 //! `cargo xtask <task>`: the project's developer commands.
 //!
-//! - `e2e [FILTER…] [--list] [--accept] [--junit PATH] [--backend in-process]`: every end-to-end
-//!   scenario through the simulated chain, compared with reviewed snapshots.
+//! - `e2e [FILTER…] [--list] [--accept] [--junit PATH] [--backend in-process|docker]`: every
+//!   end-to-end scenario through the simulated chain, compared with reviewed snapshots; with
+//!   `--backend docker` the machine image is built first and Docker machines run as containers.
 //! - `dist`: the static release binary a machine image ships (path, size, `--version`).
 //! - `image`: a `FROM scratch` machine image (proxy + the simulator's apps), tagged for the commit.
 //! - `fuzz [--cases N]`: the proxy's property tests (target parsing, request heads) with a large
@@ -77,12 +78,13 @@ fn workspace_root() -> std::path::PathBuf {
 
 /// Static release build of one binary package: glibc with `crt-static` (this toolchain has no
 /// musl target installed). Fails if the result is dynamically linked.
-fn static_build(package: &str, bin: &str) -> Result<std::path::PathBuf> {
+fn static_build(package: &str, bin: &str, profile: &str) -> Result<std::path::PathBuf> {
     let target_dir = workspace_root().join("target/dist");
     let st = cargo()
         .args([
             "build",
-            "--release",
+            "--profile",
+            profile,
             "--package",
             package,
             "--bin",
@@ -97,7 +99,7 @@ fn static_build(package: &str, bin: &str) -> Result<std::path::PathBuf> {
     if !st.success() {
         anyhow::bail!("static build of {bin} failed");
     }
-    let path = target_dir.join(DIST_TARGET).join("release").join(bin);
+    let path = target_dir.join(DIST_TARGET).join(profile).join(bin);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     if has_interpreter(&bytes) {
         anyhow::bail!(
@@ -109,7 +111,7 @@ fn static_build(package: &str, bin: &str) -> Result<std::path::PathBuf> {
 }
 
 fn dist() -> Result<std::path::PathBuf> {
-    let bin = static_build("project-ingress-proxy", "project-ingress-proxy")?;
+    let bin = static_build("project-ingress-proxy", "project-ingress-proxy", "release")?;
     let size = std::fs::metadata(&bin)?.len();
     let version = Command::new(&bin).arg("--version").output()?;
     println!("path:    {}", bin.display());
@@ -128,9 +130,9 @@ fn dist() -> Result<std::path::PathBuf> {
 
 /// A `FROM scratch` machine image: the static proxy and the static `ingress-sim` (whose
 /// `machine` command runs the apps and the proxy), tagged for the current commit. Nothing is pulled.
-fn image() -> Result<()> {
+fn image() -> Result<String> {
     let proxy = dist()?;
-    let sim = static_build("ingress-sim", "ingress-sim")?;
+    let sim = static_build("ingress-sim", "ingress-sim", "sim-image")?;
     let ctx = workspace_root().join("target/image");
     let _ = std::fs::remove_dir_all(&ctx);
     std::fs::create_dir_all(&ctx)?;
@@ -150,7 +152,17 @@ fn image() -> Result<()> {
     } else {
         rev
     };
-    let tag = format!("ingress-machine:{rev}");
+    // A tree with uncommitted changes is not the commit: say so in the tag.
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    let tag = if dirty {
+        format!("ingress-machine:{rev}-dirty")
+    } else {
+        format!("ingress-machine:{rev}")
+    };
     let st = Command::new("docker")
         .args([
             "build",
@@ -180,7 +192,7 @@ fn image() -> Result<()> {
     println!(
         "run:     docker run --rm -p 127.0.0.1:0:8080 {tag} --spec-json '<a [[machines]] entry as JSON>'"
     );
-    Ok(())
+    Ok(tag)
 }
 
 /// Whether a 64-bit little-endian ELF file has a `PT_INTERP` program header (dynamic linking).
@@ -237,7 +249,16 @@ fn main() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.task {
         Task::E2e { args } => {
+            let docker = args
+                .windows(2)
+                .any(|w| w[0] == "--backend" && w[1] == "docker")
+                || args.iter().any(|a| a == "--backend=docker");
             let mut cmd = cargo();
+            if docker {
+                // The containers run the image of this tree: build it first (no registry here).
+                let tag = image()?;
+                cmd.env("INGRESS_MACHINE_IMAGE", tag);
+            }
             cmd.args([
                 "run",
                 "--quiet",

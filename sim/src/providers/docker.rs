@@ -273,13 +273,13 @@ fn no_such_container(container: &str) -> http::Response<BoxBody> {
 /// What a real engine answers for a container in the machine's container state.
 fn fake_inspect(machine: &Machine, container: &str) -> serde_json::Value {
     let c = machine.container_state();
-    let ports = if c.port_published() {
-        json!({"8080/tcp": [
-            {"HostIp": "0.0.0.0", "HostPort": machine.proxy_addr().port().to_string()},
-            {"HostIp": "::", "HostPort": machine.proxy_addr().port().to_string()},
-        ]})
-    } else {
-        json!({})
+    let ports = match machine.host_addr().filter(|_| c.port_published()) {
+        Some(a) => json!({"8080/tcp": [
+            {"HostIp": "0.0.0.0", "HostPort": a.port().to_string()},
+            {"HostIp": "::", "HostPort": a.port().to_string()},
+        ]}),
+        // The image exposes 8080; without a binding the engine lists it with no host port.
+        None => json!({"8080/tcp": null}),
     };
     json!({
         "Id": format!("sim-{}", machine.spec.id),

@@ -4,6 +4,7 @@
 
 pub mod daytona;
 pub mod docker;
+pub mod docker_proxy;
 pub mod fly;
 
 use std::net::SocketAddr;
