@@ -207,6 +207,13 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         runs.len(),
         args.jobs
     );
+    if let Some((n, median, max)) = crate::docker::start_times() {
+        println!(
+            "containers: {n} started, start to healthy median {:.0} ms, max {:.0} ms",
+            median.as_secs_f64() * 1000.0,
+            max.as_secs_f64() * 1000.0
+        );
+    }
     if skipped > 0 {
         println!("e2e: {passed} passed, {failed} failed, {skipped} skipped");
     } else {

@@ -211,6 +211,18 @@ pub struct ContainerMachine {
 }
 
 static NEXT_CONTAINER: AtomicU64 = AtomicU64::new(0);
+static START_TIMES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+
+/// Container start times so far (create + start + the proxy answering `/health`): count,
+/// median, max.
+pub fn start_times() -> Option<(usize, Duration, Duration)> {
+    let mut t = START_TIMES.lock().ok()?.clone();
+    if t.is_empty() {
+        return None;
+    }
+    t.sort();
+    Some((t.len(), t[t.len() / 2], t[t.len() - 1]))
+}
 
 impl ContainerMachine {
     /// Starts the machine's container and waits until its proxy answers `/health`.
@@ -260,6 +272,7 @@ impl ContainerMachine {
                     ("net.ipv6.conf.lo.disable_ipv6".to_string(), "0".to_string()),
                 ]));
             });
+        let started = std::time::Instant::now();
         let container = req
             .start()
             .await
@@ -286,6 +299,9 @@ impl ContainerMachine {
             next_settle: AtomicU64::new(0),
         });
         m.came_up(true).await?;
+        if let Ok(mut t) = START_TIMES.lock() {
+            t.push(started.elapsed());
+        }
         Ok(m)
     }
 

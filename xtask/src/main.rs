@@ -178,6 +178,25 @@ fn image() -> Result<String> {
     if !st.success() {
         anyhow::bail!("docker build failed");
     }
+    // Older builds of this image would pile up on every run: keep only this one and `latest`.
+    if let Ok(out) = Command::new("docker")
+        .args([
+            "image",
+            "ls",
+            "ingress-machine",
+            "--format",
+            "{{.Repository}}:{{.Tag}}",
+        ])
+        .output()
+    {
+        for old in String::from_utf8_lossy(&out.stdout).lines() {
+            if old != tag && old != "ingress-machine:latest" && !old.ends_with(":<none>") {
+                let _ = Command::new("docker")
+                    .args(["image", "rm", "--no-prune", old])
+                    .output();
+            }
+        }
+    }
     let size = Command::new("docker")
         .args(["image", "inspect", "--format", "{{.Size}}", &tag])
         .output()?;
