@@ -110,7 +110,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         bytes: u64,
-        pending: Option<PendingLog>,
+        // Boxed: the record is large and the body is moved several times on its way out.
+        pending: Option<Box<PendingLog>>,
     }
 
     impl<B> PinnedDrop for LoggedBody<B> {
@@ -131,7 +132,7 @@ impl<B: Body> LoggedBody<B> {
             pending.finish(true, 0);
             None
         } else {
-            Some(pending)
+            Some(Box::new(pending))
         };
         LoggedBody {
             inner,

@@ -23,6 +23,27 @@ pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes hop-by-hop headers. With `keep_upgrade`, the `Upgrade` header is kept and
 /// `Connection: upgrade` is set again after the removal (used for upgrade requests and 101 responses).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // One pass over the names (no hashing) first: most messages carry none of these, or only
+    // `Connection`, and each removal below is a hashed lookup.
+    let mut any = false;
+    for k in headers.keys() {
+        if k == header::CONNECTION
+            || k == header::TE
+            || k == header::TRANSFER_ENCODING
+            || k == header::UPGRADE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+        {
+            any = true;
+            break;
+        }
+    }
+    if !any {
+        if keep_upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)

@@ -500,3 +500,44 @@ async fn graceful_stop_waits_for_in_flight_request() {
     assert_eq!(body_string(resp).await, "slow done");
     stopper.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn idle_upstream_connection_past_the_idle_timeout_is_not_reused() {
+    let (app, ctl) = start_app().await;
+    let mut limits = proxy::config::Limits::default();
+    limits.pool_idle_timeout = Duration::from_millis(100);
+    let p = start_proxy(ProxyConfig {
+        localhost: Arc::new(move |_p: u16| vec![app]),
+        limits,
+        ..ProxyConfig::default()
+    })
+    .await;
+    let stream = TcpStream::connect(p.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for i in 0..2 {
+        let resp = sender
+            .send_request(get(&format!("/r{i}"), "h", Some("localhost:3000")))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = body_string(resp).await;
+    }
+    assert_eq!(ctl.connections.load(Ordering::SeqCst), 1);
+    // The expiry itself is what is under test: let the connection sit idle past it.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let resp = sender
+        .send_request(get("/later", "h", Some("localhost:3000")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = body_string(resp).await;
+    assert_eq!(
+        ctl.connections.load(Ordering::SeqCst),
+        2,
+        "an upstream connection idle past the timeout was reused"
+    );
+}
