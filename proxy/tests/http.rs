@@ -504,8 +504,10 @@ async fn graceful_stop_waits_for_in_flight_request() {
 #[tokio::test]
 async fn idle_upstream_connection_past_the_idle_timeout_is_not_reused() {
     let (app, ctl) = start_app().await;
-    let mut limits = proxy::config::Limits::default();
-    limits.pool_idle_timeout = Duration::from_millis(100);
+    let limits = proxy::config::Limits {
+        pool_idle_timeout: Duration::from_millis(100),
+        ..Default::default()
+    };
     let p = start_proxy(ProxyConfig {
         localhost: Arc::new(move |_p: u16| vec![app]),
         limits,
