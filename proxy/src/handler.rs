@@ -8,16 +8,16 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
 use crate::config::{ProxyConfig, SECRET_HEADER, TARGET_HOST_HEADER, VIA_HEADER};
 use crate::hop_headers::{connection_has_token, strip_hop_by_hop};
-use crate::localhost::connect_local;
+use crate::localhost::{LocalConnector, UpstreamAddr, connect_local};
 use crate::responses::{BoxBody, ProxyError, empty, health, json_error};
 use crate::target_host::{Target, TargetHostError, parse_target_host_bytes};
 use crate::tunnel::Tunnels;
-use crate::upstream::{Affinity, Conn, Driven, Pool};
 use crate::upstream_body::{ClientBody, UpstreamBody};
 
 pub(crate) type ProxyBody = LoggedBody<BoxBody>;
@@ -26,9 +26,7 @@ pub(crate) type ProxyBody = LoggedBody<BoxBody>;
 pub(crate) struct Shared {
     pub(crate) cfg: ProxyConfig,
     pub(crate) self_port: u16,
-    pub(crate) pool: Arc<Pool>,
-    /// Upstream HTTP/1.1 connection settings (response head limits).
-    pub(crate) upstream: hyper::client::conn::http1::Builder,
+    pub(crate) client: Client<LocalConnector, UpstreamBody>,
     pub(crate) tunnels: Tunnels,
     next_id: AtomicU64,
     id_prefix: String,
@@ -38,12 +36,8 @@ impl Shared {
     pub(crate) fn new(
         cfg: ProxyConfig,
         self_port: u16,
-        upstream: hyper::client::conn::http1::Builder,
+        client: Client<LocalConnector, UpstreamBody>,
     ) -> Shared {
-        let pool = Arc::new(Pool::new(
-            cfg.limits.pool_max_idle_per_port,
-            cfg.limits.pool_idle_timeout,
-        ));
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
@@ -51,8 +45,7 @@ impl Shared {
         Shared {
             cfg,
             self_port,
-            pool,
-            upstream,
+            client,
             tunnels: Tunnels::default(),
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:08x}{:04x}", nanos, std::process::id() & 0xffff),
@@ -93,7 +86,6 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
 
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    affinity: Arc<Affinity>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
@@ -119,7 +111,7 @@ pub(crate) async fn handle(
         completed: false,
     };
     let upgrade = wants_upgrade(&req);
-    let resp = match route(&shared, &affinity, req, upgrade, &mut record, &bytes_in).await {
+    let resp = match route(&shared, req, upgrade, &mut record, &bytes_in).await {
         Ok(resp) => resp,
         Err(err) => {
             record.error = Some(err.code());
@@ -140,7 +132,6 @@ pub(crate) async fn handle(
 
 async fn route(
     shared: &Shared,
-    affinity: &Arc<Affinity>,
     mut req: Request<Incoming>,
     upgrade: bool,
     record: &mut RequestRecord,
@@ -181,7 +172,7 @@ async fn route(
         return Err(ProxyError::TargetIsSelf);
     }
 
-    let uri = upstream_uri(req.uri())?;
+    let uri = upstream_uri(req.uri(), target)?;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let expects_continue = parts
@@ -225,20 +216,9 @@ async fn route(
     }
 
     let mut resp = match client_upgrade {
-        None => {
-            forward(
-                shared,
-                affinity,
-                target.port,
-                upstream_req,
-                retry,
-                &client_errored,
-                record,
-            )
-            .await?
-        }
+        None => forward(shared, upstream_req, retry, &client_errored, record).await?,
         Some(client_upgrade) => {
-            upgrade_forward(shared, target.port, upstream_req, client_upgrade, record).await?
+            upgrade_forward(shared, upstream_req, client_upgrade, record).await?
         }
     };
     if expects_continue && !body_empty && !body_started.load(Ordering::Relaxed) {
@@ -271,8 +251,11 @@ fn is_idempotent(m: &Method) -> bool {
 /// Whether a failed upstream request provably did not get an answer because the connection
 /// died under it (a pooled connection the app closed, as Node does after 5 s idle) rather than
 /// because the app is down: only then may a body-less idempotent request be sent again.
-fn stale_connection(e: &hyper::Error) -> bool {
-    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(h) = s.downcast_ref::<hyper::Error>()
             && (h.is_incomplete_message() || h.is_canceled())
@@ -294,15 +277,22 @@ fn stale_connection(e: &hyper::Error) -> bool {
     false
 }
 
-/// The request target towards the app: origin-form, the path and query byte-for-byte (the app
-/// learns `localhost:<port>` from `Host`).
-fn upstream_uri(inbound: &Uri) -> Result<Uri, ProxyError> {
-    match inbound.path_and_query() {
-        Some(pq) if pq.as_str().starts_with('/') => Ok(Uri::from(pq.clone())),
+/// `http://localhost:<port><path-and-query>`, the path and query byte-for-byte.
+fn upstream_uri(inbound: &Uri, target: Target) -> Result<Uri, ProxyError> {
+    let pq = inbound
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    if !pq.starts_with('/') {
         // `*` (OPTIONS *) or anything else that is not origin-form after parsing.
-        Some(_) => Err(ProxyError::InvalidRequest),
-        None => Ok(Uri::from_static("/")),
+        return Err(ProxyError::InvalidRequest);
     }
+    Uri::builder()
+        .scheme("http")
+        .authority(format!("localhost:{}", target.port))
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::InvalidRequest)
 }
 
 /// Strip hop-by-hop headers first, then apply the proxy's own rewrite, so that a client cannot
@@ -329,98 +319,36 @@ fn map_upstream_response(resp: Response<Incoming>, keep_upgrade: bool) -> Respon
 
 type RetryTemplate = (Method, Uri, http::HeaderMap);
 
-/// Why an upstream exchange failed.
-enum Failure {
-    Connect,
-    Http(hyper::Error),
-    HeadTooLarge,
-}
-
-/// Connects to `localhost:<port>`.
-async fn dial(shared: &Shared, port: u16) -> Result<Box<Conn>, Failure> {
-    let (stream, addr) = connect_local(
-        shared.cfg.localhost.as_ref(),
-        port,
-        shared.cfg.limits.connect_timeout,
-    )
-    .await
-    .map_err(|_| Failure::Connect)?;
-    Conn::handshake(stream, addr, port, &shared.upstream)
-        .await
-        .map_err(Failure::Http)
-}
-
-/// One exchange up to the response head, on a kept connection when there is one. `fresh`
-/// forces a new connection (the retry after a stale one).
-async fn exchange(
-    shared: &Shared,
-    affinity: &Arc<Affinity>,
-    port: u16,
-    req: Request<UpstreamBody>,
-    fresh: bool,
-    record: &mut RequestRecord,
-) -> Result<Response<BoxBody>, Failure> {
-    let conn = match (!fresh).then(|| affinity.take(port)).flatten() {
-        Some(c) => c,
-        None => dial(shared, port).await?,
-    };
-    record.upstream_addr = Some(conn.addr);
-    let (conn, res) = conn.send(req).await;
-    let resp = res.map_err(Failure::Http)?;
-    if response_head_len(&resp) > shared.cfg.limits.max_response_head_bytes {
-        return Err(Failure::HeadTooLarge);
-    }
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    let body = Driven::new(body, conn, affinity.clone());
-    Ok(Response::from_parts(
-        parts,
-        body.map_err(Into::into).boxed_unsync(),
-    ))
-}
-
 async fn forward(
     shared: &Shared,
-    affinity: &Arc<Affinity>,
-    port: u16,
     req: Request<UpstreamBody>,
     retry: Option<RetryTemplate>,
     client_errored: &AtomicBool,
     record: &mut RequestRecord,
 ) -> Result<Response<BoxBody>, ProxyError> {
     let head_timeout = shared.cfg.limits.upstream_head_timeout;
-    let mut attempt = tokio::time::timeout(
-        head_timeout,
-        exchange(shared, affinity, port, req, false, record),
-    )
-    .await;
-    let stale = matches!(&attempt, Ok(Err(Failure::Http(e))) if stale_connection(e));
-    if let (true, Some((method, uri, headers))) = (stale, retry) {
-        tracing::debug!(request_id = %record.request_id, "stale upstream connection; retrying once");
+    let mut attempt = tokio::time::timeout(head_timeout, shared.client.request(req)).await;
+    if let (Ok(Err(e)), Some((method, uri, headers))) = (&attempt, retry)
+        && stale_connection(e)
+    {
+        tracing::debug!(request_id = %record.request_id, error = ?e, "stale upstream connection; retrying once");
         let mut again = Request::new(UpstreamBody::Right(http_body_util::Empty::new()));
         *again.method_mut() = method;
         *again.uri_mut() = uri;
         *again.headers_mut() = headers;
-        attempt = tokio::time::timeout(
-            head_timeout,
-            exchange(shared, affinity, port, again, true, record),
-        )
-        .await;
+        attempt = tokio::time::timeout(head_timeout, shared.client.request(again)).await;
     }
     match attempt {
-        Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => {
-            match &e {
-                Failure::Http(e) => {
-                    tracing::debug!(request_id = %record.request_id, error = ?e, "upstream request failed")
-                }
-                Failure::Connect => {
-                    tracing::debug!(request_id = %record.request_id, "upstream connect failed")
-                }
-                Failure::HeadTooLarge => {
-                    tracing::debug!(request_id = %record.request_id, "response head too large")
-                }
+        Ok(Ok(resp)) => {
+            record.upstream_addr = resp.extensions().get::<UpstreamAddr>().map(|a| a.0);
+            if response_head_len(&resp) > shared.cfg.limits.max_response_head_bytes {
+                tracing::debug!(request_id = %record.request_id, "response head too large");
+                return Err(ProxyError::ProxyError);
             }
+            Ok(map_upstream_response(resp, false))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(request_id = %record.request_id, error = ?e, "upstream request failed");
             if client_errored.load(Ordering::Relaxed) {
                 // The client's own body was malformed or cut: not the app's fault.
                 Err(ProxyError::InvalidRequest)
@@ -436,11 +364,11 @@ async fn forward(
 /// the byte tunnel; any other answer is passed back as an ordinary response.
 async fn upgrade_forward(
     shared: &Shared,
-    port: u16,
     req: Request<UpstreamBody>,
     client_upgrade: hyper::upgrade::OnUpgrade,
     record: &mut RequestRecord,
 ) -> Result<Response<BoxBody>, ProxyError> {
+    let port = req.uri().port_u16().ok_or(ProxyError::InvalidRequest)?;
     let (stream, addr) = connect_local(
         shared.cfg.localhost.as_ref(),
         port,
@@ -458,9 +386,16 @@ async fn upgrade_forward(
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
+    // The request target must be origin-form on a direct connection.
+    let (mut parts, body) = req.into_parts();
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| Uri::from(pq.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
     let mut resp = tokio::time::timeout(
         shared.cfg.limits.upstream_head_timeout,
-        sender.send_request(req),
+        sender.send_request(Request::from_parts(parts, body)),
     )
     .await
     .map_err(|_| ProxyError::UpstreamTimeout)?

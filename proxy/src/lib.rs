@@ -15,7 +15,6 @@ pub mod responses;
 mod server;
 pub mod target_host;
 mod tunnel;
-mod upstream;
 mod upstream_body;
 
 pub use access_log::{AccessLog, RequestRecord, TracingAccessLog};

@@ -5,10 +5,17 @@
 //! inject another [`Localhost`] so that several machines share one process, each with its own
 //! "localhost". Nothing else about the proxy is configurable from outside.
 
+use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// Resolves `localhost:<port>` to the socket addresses to try, in order. The next address is
@@ -38,6 +45,10 @@ where
         self(port)
     }
 }
+
+/// The address an upstream connection was made to; placed in response extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamAddr(pub SocketAddr);
 
 /// Errors worth trying the next candidate address for.
 fn is_fallthrough(e: &io::Error) -> bool {
@@ -85,6 +96,90 @@ pub async fn connect_local(
     }
     Err(last_err
         .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address for localhost")))
+}
+
+/// Extracts the port from an upstream URI of the form `http://localhost:<port>/...`.
+fn uri_port(uri: &Uri) -> io::Result<u16> {
+    uri.port_u16()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "upstream uri without port"))
+}
+
+/// A hyper-util connector that only ever connects to the machine's localhost.
+#[derive(Clone)]
+pub struct LocalConnector {
+    pub localhost: Arc<dyn Localhost>,
+    pub connect_timeout: Duration,
+}
+
+/// A loopback TCP stream that reports its peer to hyper-util.
+pub struct LocalStream {
+    io: TokioIo<TcpStream>,
+    addr: SocketAddr,
+}
+
+impl Connection for LocalStream {
+    fn connected(&self) -> Connected {
+        Connected::new().extra(UpstreamAddr(self.addr))
+    }
+}
+
+impl hyper::rt::Read for LocalStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for LocalStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+impl tower_service::Service<Uri> for LocalConnector {
+    type Response = LocalStream;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<LocalStream>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let port = uri_port(&uri)?;
+            let (stream, addr) =
+                connect_local(this.localhost.as_ref(), port, this.connect_timeout).await?;
+            Ok(LocalStream {
+                io: TokioIo::new(stream),
+                addr,
+            })
+        })
+    }
 }
 
 #[cfg(test)]

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::ProxyConfig;
 use crate::handler::{Shared, handle};
-use crate::upstream::Affinity;
+use crate::localhost::LocalConnector;
 
 /// Most header fields accepted in an app's response head.
 const MAX_RESPONSE_HEADERS: usize = 200;
@@ -26,21 +27,24 @@ where
 {
     let local = listener.local_addr()?;
     let self_port = config.self_port.unwrap_or(local.port());
-    let mut upstream = hyper::client::conn::http1::Builder::new();
-    upstream
-        .max_buf_size(config.limits.max_response_head_bytes.max(8192))
-        .max_headers(MAX_RESPONSE_HEADERS);
+    let connector = LocalConnector {
+        localhost: config.localhost.clone(),
+        connect_timeout: config.limits.connect_timeout,
+    };
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(config.limits.pool_idle_timeout)
+        .pool_max_idle_per_host(config.limits.pool_max_idle_per_port)
+        .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(config.limits.max_response_head_bytes.max(8192))
+        .http1_max_headers(MAX_RESPONSE_HEADERS)
+        .set_host(false)
+        .build(connector);
     let drain_timeout = config.drain_timeout;
     let limits = config.limits.clone();
-    let shared = Arc::new(Shared::new(config, self_port, upstream));
+    let shared = Arc::new(Shared::new(config, self_port, client));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
-    // Housekeeping once a second: idle upstream connections past the idle timeout are closed.
-    // (The tick also keeps the timer wheel's next wake-up near, so that re-arming a request's
-    // header timeout never has to wake the event loop with a syscall.)
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     tracing::info!(listen = %local, self_port, "project-ingress-proxy listening");
     loop {
@@ -48,7 +52,6 @@ where
             biased;
             _ = &mut shutdown => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            _ = tick.tick() => shared.pool.sweep(),
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(pair) => pair,
@@ -61,7 +64,6 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
-                let affinity = Arc::new(Affinity::new(shared.pool.clone()));
                 let mut builder = http1::Builder::new();
                 builder
                     .timer(TokioTimer::new())
@@ -74,7 +76,7 @@ where
                 let conn = builder
                     .serve_connection(
                         TokioIo::new(stream),
-                        service_fn(move |req| handle(shared.clone(), affinity.clone(), req)),
+                        service_fn(move |req| handle(shared.clone(), req)),
                     )
                     .with_upgrades();
                 let mut stop = stop_rx.clone();
