@@ -22,7 +22,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use sim::faults::Fault;
 use sim::machine::{ContainerAction, ContainerState, RemoteMachine};
-use sim::providers::docker::engine_call;
+use sim::providers::docker::{engine_call, percent_encode};
 use sim::trace::{Event, RemoteLine, TRACE_HEADER, TraceStore};
 use sim::world::MachineSpec;
 use testcontainers::core::{IntoContainerPort, WaitFor};
@@ -94,25 +94,44 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-fn owner() -> String {
-    format!("{}:{}", hostname(), std::process::id())
+/// The [`OWNER_LABEL`] value for process `pid` on this host.
+pub fn owner_of(pid: u32) -> String {
+    format!("{}:{pid}", hostname())
 }
 
-/// Removes containers of ours whose owner process on this host is gone. Returns how many.
-pub async fn sweep(socket: &Path) -> Result<usize, String> {
-    let filters = json!({"label": [OWNER_LABEL]}).to_string();
-    let path = format!("/containers/json?all=1&filters={}", encode_query(&filters));
+fn owner() -> String {
+    owner_of(std::process::id())
+}
+
+/// Containers in any state whose labels match `label` (`key` or `key=value`), as the engine
+/// lists them.
+pub async fn containers_labelled(
+    socket: &Path,
+    label: &str,
+) -> Result<Vec<serde_json::Value>, String> {
+    let filters = json!({ "label": [label] }).to_string();
+    let path = format!(
+        "/containers/json?all=1&filters={}",
+        percent_encode(&filters)
+    );
     let (status, body) = engine_call(socket, Method::GET, &path, None)
         .await
         .map_err(|e| e.to_string())?;
     if status != 200 {
         return Err(format!("listing containers: {status}"));
     }
-    let list: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| format!("listing containers: {e}"))?;
+    match serde_json::from_slice(&body) {
+        Ok(serde_json::Value::Array(list)) => Ok(list),
+        Ok(other) => Err(format!("listing containers: not a list: {other}")),
+        Err(e) => Err(format!("listing containers: {e}")),
+    }
+}
+
+/// Removes containers of ours whose owner process on this host is gone. Returns how many.
+pub async fn sweep(socket: &Path) -> Result<usize, String> {
     let host = hostname();
     let mut removed = 0;
-    for c in list.as_array().into_iter().flatten() {
+    for c in containers_labelled(socket, OWNER_LABEL).await? {
         let Some(owner) = c["Labels"][OWNER_LABEL].as_str() else {
             continue;
         };
@@ -138,17 +157,6 @@ pub async fn sweep(socket: &Path) -> Result<usize, String> {
         }
     }
     Ok(removed)
-}
-
-fn encode_query(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// One HTTP/1.1 request to a loopback address: status and body.
@@ -183,6 +191,18 @@ async fn http_call(
         .map_err(|e| e.to_string())?
         .to_bytes();
     Ok((status, body))
+}
+
+/// `Ok` for a 200, else what was asked and what came back.
+fn expect_200(what: &str, status: u16, body: &[u8]) -> Result<(), String> {
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {status} {}",
+            String::from_utf8_lossy(body)
+        ))
+    }
 }
 
 struct Live {
@@ -413,14 +433,7 @@ impl ContainerMachine {
             Bytes::from(body),
         )
         .await?;
-        if status == 200 {
-            Ok(())
-        } else {
-            Err(format!(
-                "control {path}: {status} {}",
-                String::from_utf8_lossy(&resp)
-            ))
-        }
+        expect_200(&format!("control {path}"), status, &resp)
     }
 
     async fn network(&self, verb: &str) -> Result<(), String> {
@@ -432,14 +445,7 @@ impl ContainerMachine {
         )
         .await
         .map_err(|e| e.to_string())?;
-        if status == 200 {
-            Ok(())
-        } else {
-            Err(format!(
-                "network {verb}: {status} {}",
-                String::from_utf8_lossy(&body)
-            ))
-        }
+        expect_200(&format!("network {verb}"), status, &body)
     }
 
     async fn container_action(&self, action: ContainerAction) -> Result<(), String> {

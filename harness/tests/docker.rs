@@ -8,7 +8,9 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use harness::docker::{ContainerMachine, OWNER_LABEL, engine_socket, sweep};
+use harness::docker::{
+    ContainerMachine, OWNER_LABEL, containers_labelled, engine_socket, owner_of, sweep,
+};
 use harness::{DockerEnv, Layout, check_snapshots, discover, run_all_in};
 use http::Method;
 use serde_json::json;
@@ -163,40 +165,13 @@ async fn docker_client_reads_the_published_port_from_the_real_engine() {
     );
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
-/// Our containers on the engine whose owner label is `owner`.
+/// Ids of our containers whose owner label is `owner`.
 async fn containers_owned_by(socket: &std::path::Path, owner: &str) -> Vec<String> {
-    let filters = json!({"label": [format!("{OWNER_LABEL}={owner}")]}).to_string();
-    let q: String = url_encode(&filters);
-    let (s, body) = engine_call(
-        socket,
-        Method::GET,
-        &format!("/containers/json?all=1&filters={q}"),
-        None,
-    )
-    .await
-    .unwrap();
-    assert_eq!(s, 200);
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v.as_array()
+    containers_labelled(socket, &format!("{OWNER_LABEL}={owner}"))
+        .await
         .unwrap()
         .iter()
         .filter_map(|c| c["Id"].as_str().map(str::to_string))
-        .collect()
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
         .collect()
 }
 
@@ -206,8 +181,8 @@ fn url_encode(s: &str) -> String {
 async fn sweep_removes_containers_of_dead_runs_only() {
     let Some(env) = env().await else { return };
     // Above Linux's pid_max (4194304): no such process can exist.
-    let dead = format!("{}:4194305", hostname());
-    let alive = format!("{}:{}", hostname(), std::process::id());
+    let dead = owner_of(4_194_305);
+    let alive = owner_of(std::process::id());
     let mut ids = Vec::new();
     for owner in [&dead, &alive] {
         let (s, body) = engine_call(
@@ -252,7 +227,7 @@ async fn interrupted_run_removes_its_containers() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let owner = format!("{}:{}", hostname(), child.id().unwrap());
+    let owner = owner_of(child.id().unwrap());
     let end = tokio::time::Instant::now() + Duration::from_secs(60);
     while containers_owned_by(&env.socket, &owner).await.is_empty() {
         assert!(

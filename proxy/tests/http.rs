@@ -324,19 +324,9 @@ async fn keep_alive_requests_reuse_pooled_upstream_connections() {
     let (app, ctl) = start_app().await;
     let p = proxy_to(app).await;
     // One client connection, many requests.
-    let stream = TcpStream::connect(p.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = keep_alive_client(p.addr).await;
     for i in 0..50 {
-        let resp = sender
-            .send_request(get(&format!("/r{i}"), "h", Some("localhost:3000")))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let _ = body_string(resp).await;
+        get_ok(&mut sender, &format!("/r{i}")).await;
     }
     assert_eq!(
         ctl.connections.load(Ordering::SeqCst),
@@ -514,29 +504,14 @@ async fn idle_upstream_connection_past_the_idle_timeout_is_not_reused() {
         ..ProxyConfig::default()
     })
     .await;
-    let stream = TcpStream::connect(p.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = keep_alive_client(p.addr).await;
     for i in 0..2 {
-        let resp = sender
-            .send_request(get(&format!("/r{i}"), "h", Some("localhost:3000")))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let _ = body_string(resp).await;
+        get_ok(&mut sender, &format!("/r{i}")).await;
     }
     assert_eq!(ctl.connections.load(Ordering::SeqCst), 1);
     // The expiry itself is what is under test: let the connection sit idle past it.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let resp = sender
-        .send_request(get("/later", "h", Some("localhost:3000")))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let _ = body_string(resp).await;
+    get_ok(&mut sender, "/later").await;
     assert_eq!(
         ctl.connections.load(Ordering::SeqCst),
         2,

@@ -125,6 +125,12 @@ impl App {
         Ok(())
     }
 
+    /// Listens again, healthy: the `app_up` fault (clears `app_reset_mid_body` too).
+    pub async fn restore(self: &Arc<Self>) -> std::io::Result<()> {
+        self.reset_mid_body.store(false, Ordering::Relaxed);
+        self.up().await
+    }
+
     /// "localhost:<port>" candidates for this app, with the production rule (v4, then v6).
     pub fn candidates(&self) -> Vec<SocketAddr> {
         let p = self.addr.port();

@@ -358,11 +358,10 @@ impl Machine {
                 set(S::Exited);
             }
             A::Start if state == S::Exited => {
+                // A started container runs its apps afresh.
                 for a in self.apps.values() {
-                    a.reset_mid_body
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
                     a.released.send_replace(false);
-                    a.up().await?;
+                    a.restore().await?;
                 }
                 self.proxy_up().await?;
                 if self.spec.metadata.publish_8080 {

@@ -428,14 +428,14 @@ impl World {
             Fault::MachineProxyDown { machine: id } => machine(id)?.proxy_down().await,
             Fault::AppDown { machine: id, port } => app(id, *port)?.down(),
             Fault::AppUp { machine: id, port } => {
-                let a = app(id, *port)?;
-                a.reset_mid_body
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-                a.up().await.map_err(|source| FaultError::AppUp {
-                    machine: id.clone(),
-                    port: *port,
-                    source,
-                })?;
+                app(id, *port)?
+                    .restore()
+                    .await
+                    .map_err(|source| FaultError::AppUp {
+                        machine: id.clone(),
+                        port: *port,
+                        source,
+                    })?;
             }
             Fault::AppResetMidBody { machine: id, port } => {
                 app(id, *port)?

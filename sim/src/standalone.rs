@@ -88,11 +88,7 @@ impl Running {
         match f {
             Fault::MachineProxyDown { .. } => self.stop_proxy().await,
             Fault::AppDown { port, .. } => app(port)?.down(),
-            Fault::AppUp { port, .. } => {
-                let a = app(port)?;
-                a.reset_mid_body.store(false, Ordering::Relaxed);
-                a.up().await?;
-            }
+            Fault::AppUp { port, .. } => app(port)?.restore().await?,
             Fault::AppResetMidBody { port, .. } => {
                 app(port)?.reset_mid_body.store(true, Ordering::Relaxed)
             }

@@ -346,6 +346,26 @@ pub async fn start_ws_app() -> SocketAddr {
     addr
 }
 
+/// One keep-alive client connection, for several requests in turn.
+pub async fn keep_alive_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Body> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// `GET path` to the app on port 3000 over `sender`; expects 200 and reads the body.
+pub async fn get_ok(sender: &mut hyper::client::conn::http1::SendRequest<Body>, path: &str) {
+    let resp = sender
+        .send_request(get(path, "h", Some("localhost:3000")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    let _ = body_string(resp).await;
+}
+
 /// Sends one request on a fresh connection.
 pub async fn send(addr: SocketAddr, req: Request<Body>) -> Response<Incoming> {
     let stream = TcpStream::connect(addr).await.unwrap();

@@ -88,7 +88,7 @@ pub async fn host_port_8080(
     machine_id: &str,
     trace: Option<(&TraceStore, &str)>,
 ) -> Result<u16, DockerError> {
-    let path = format!("/containers/{}/json", percent_encode_path(container_ref));
+    let path = format!("/containers/{}/json", percent_encode(container_ref));
     let answer = inspect(net, engine, &path, trace.map(|t| t.1)).await;
     let (status, decision, result) = match answer {
         Err(e) => (None, e.to_string(), Err(e)),
@@ -193,10 +193,14 @@ async fn read(resp: http::Response<Incoming>) -> Result<(u16, bytes::Bytes), Doc
     Ok((status, body))
 }
 
-fn percent_encode_path(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters: safe in an Engine API path
+/// segment or query value.
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -298,7 +302,7 @@ async fn relay_inspect(
     let Some(real) = relay.names.get(container) else {
         return Ok(None);
     };
-    let path = format!("/containers/{}/json", percent_encode_path(real));
+    let path = format!("/containers/{}/json", percent_encode(real));
     let (status, body) = engine_call(&relay.socket, http::Method::GET, &path, None).await?;
     match status {
         200 => {
@@ -342,7 +346,7 @@ mod tests {
     #[test]
     fn path_encoding_roundtrip() {
         for s in ["c1", "my container/x", "a%b"] {
-            assert_eq!(percent_decode(&percent_encode_path(s)), s);
+            assert_eq!(percent_decode(&percent_encode(s)), s);
         }
     }
 }
