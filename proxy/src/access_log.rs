@@ -45,6 +45,12 @@ pub struct RequestRecord {
 /// A sink for request records.
 pub trait AccessLog: Send + Sync + 'static {
     fn record(&self, rec: &RequestRecord);
+
+    /// Whether records are wanted at all. When `false` the proxy may skip building them (the
+    /// default sink with the access target filtered out: nothing would be written).
+    fn enabled(&self) -> bool {
+        true
+    }
 }
 
 /// Writes each record as one `tracing` info event with structured fields.
@@ -52,6 +58,10 @@ pub trait AccessLog: Send + Sync + 'static {
 pub struct TracingAccessLog;
 
 impl AccessLog for TracingAccessLog {
+    fn enabled(&self) -> bool {
+        tracing::enabled!(target: "project_ingress_proxy::access", tracing::Level::INFO)
+    }
+
     fn record(&self, r: &RequestRecord) {
         tracing::info!(
             target: "project_ingress_proxy::access",
@@ -81,8 +91,14 @@ pub struct Tee(pub Vec<Arc<dyn AccessLog>>);
 impl AccessLog for Tee {
     fn record(&self, rec: &RequestRecord) {
         for s in &self.0 {
-            s.record(rec);
+            if s.enabled() {
+                s.record(rec);
+            }
         }
+    }
+
+    fn enabled(&self) -> bool {
+        self.0.iter().any(|s| s.enabled())
     }
 }
 
@@ -161,9 +177,10 @@ where
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;
                 }
-                // hyper stops polling once a known length has been written: the body is complete
-                // as soon as the inner body says so, not only at a final `None`.
-                if this.inner.is_end_stream()
+                // hyper stops polling once a known length has been written, or once trailers
+                // (always the last frame) are out: the body is complete as soon as the inner body
+                // says so, not only at a final `None`.
+                if (frame.is_trailers() || this.inner.is_end_stream())
                     && let Some(p) = this.pending.take()
                 {
                     p.finish(true, *this.bytes);

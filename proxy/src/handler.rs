@@ -28,6 +28,10 @@ pub(crate) struct Shared {
     pub(crate) self_port: u16,
     pub(crate) client: Client<LocalConnector, UpstreamBody>,
     pub(crate) tunnels: Tunnels,
+    /// Idle upstream connections of the fast path.
+    pub(crate) pool: crate::pool::Pool,
+    /// Set when the graceful shutdown starts: connections close after their current response.
+    pub(crate) stopping: AtomicBool,
     next_id: AtomicU64,
     id_prefix: String,
 }
@@ -42,21 +46,38 @@ impl Shared {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
             .unwrap_or(0);
+        let pool = crate::pool::Pool::new(
+            cfg.limits.pool_max_idle_per_port,
+            cfg.limits.pool_idle_timeout,
+        );
         Shared {
             cfg,
             self_port,
             client,
             tunnels: Tunnels::default(),
+            pool,
+            stopping: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             id_prefix: format!("{:08x}{:04x}", nanos, std::process::id() & 0xffff),
         }
     }
 
     fn request_id(&self, req: &Request<Incoming>) -> String {
-        if let Some(v) = req.headers().get(&self.cfg.request_id_header)
-            && let Ok(s) = v.to_str()
-            && !s.is_empty()
-            && s.len() <= 128
+        self.request_id_from(
+            req.headers()
+                .get(&self.cfg.request_id_header)
+                .map(|v| v.as_bytes()),
+        )
+    }
+
+    /// The client's request id when it sent a usable one, else a fresh one.
+    pub(crate) fn request_id_from(&self, presented: Option<&[u8]>) -> String {
+        if let Some(v) = presented
+            && !v.is_empty()
+            && v.len() <= 128
+            // What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
+            && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            && let Ok(s) = std::str::from_utf8(v)
         {
             return s.to_string();
         }
@@ -313,6 +334,11 @@ pub fn rewrite_request_headers(headers: &mut http::HeaderMap, target: Target, up
 
 fn map_upstream_response(resp: Response<Incoming>, keep_upgrade: bool) -> Response<BoxBody> {
     let (mut parts, body) = resp.into_parts();
+    // With both, Transfer-Encoding frames the body (RFC 9112 §6.3); the length is wrong and must
+    // not reach the client next to the re-framed body.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
     Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }

@@ -7,11 +7,16 @@
 //! the binary and the simulator use.
 
 pub mod access_log;
+mod chunked;
 pub mod config;
+mod date;
+mod fast;
 mod handler;
 pub mod hop_headers;
 pub mod localhost;
+mod pool;
 pub mod responses;
+mod rewind;
 mod server;
 pub mod target_host;
 mod tunnel;

@@ -2,21 +2,24 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::config::ProxyConfig;
+use crate::fast::{FastConn, Next, Stop};
 use crate::handler::{Shared, handle};
 use crate::localhost::LocalConnector;
+use crate::rewind::Rewind;
 
 /// Most header fields accepted in an app's response head.
-const MAX_RESPONSE_HEADERS: usize = 200;
+const MAX_RESPONSE_HEADERS: usize = crate::fast::RESP_HEADERS;
 
 /// Serves the proxy on `listener` until `shutdown` resolves, then drains: stops accepting, lets
 /// in-flight requests and tunnels finish for up to `drain_timeout`, closes what is left and
@@ -40,8 +43,20 @@ where
         .set_host(false)
         .build(connector);
     let drain_timeout = config.drain_timeout;
-    let limits = config.limits.clone();
     let shared = Arc::new(Shared::new(config, self_port, client));
+    // Closes the fast path's expired idle upstream connections (and keeps a timer armed, so that
+    // arming a request's own timer never has to wake the driver).
+    let housekeeping = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                shared.pool.prune();
+            }
+        })
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -63,37 +78,7 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let shared = shared.clone();
-                let mut builder = http1::Builder::new();
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.header_read_timeout)
-                    .max_header_size(limits.max_request_head_bytes)
-                    .max_headers(limits.max_request_headers)
-                    // The read buffer bounds per-connection memory; it must hold a whole head.
-                    .max_buf_size((limits.max_request_head_bytes + 8192).max(16 * 1024))
-                    .keep_alive(true);
-                let conn = builder
-                    .serve_connection(
-                        TokioIo::new(stream),
-                        service_fn(move |req| handle(shared.clone(), req)),
-                    )
-                    .with_upgrades();
-                let mut stop = stop_rx.clone();
-                conns.spawn(async move {
-                    tokio::pin!(conn);
-                    let res = tokio::select! {
-                        res = conn.as_mut() => res,
-                        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                            // Finish the request in flight, then close; idle connections close now.
-                            conn.as_mut().graceful_shutdown();
-                            conn.as_mut().await
-                        }
-                    };
-                    if let Err(e) = res {
-                        tracing::debug!(%peer, error = %e, "connection ended with error");
-                    }
-                });
+                conns.spawn(connection(stream, peer, shared.clone(), Stop::new(stop_rx.clone())));
             }
         }
     }
@@ -106,6 +91,9 @@ where
         "shutdown: draining"
     );
     let tunnels = shared.tunnels.clone();
+    shared
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     stop_tx.send_replace(true);
     let drained = tokio::time::timeout(drain_timeout, async {
         while conns.join_next().await.is_some() {}
@@ -125,6 +113,45 @@ where
     // Cancelled tunnels end at their next poll; wait for them briefly so their sockets are closed
     // before we return.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tunnels.wait_idle()).await;
+    housekeeping.abort();
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// One client connection: the fast path first, then hyper for the rest of the connection when the
+/// fast path hands it over.
+async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut stop: Stop) {
+    let mut fast = FastConn::new(stream, shared.clone());
+    let rest = match fast.run(&mut stop).await {
+        Next::Close => return,
+        Next::Hyper(rest) => rest,
+    };
+    let io = Rewind::new(rest, fast.into_stream());
+    let limits = &shared.cfg.limits;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_request_head_bytes)
+        .max_headers(limits.max_request_headers)
+        // The read buffer bounds per-connection memory; it must hold a whole head.
+        .max_buf_size((limits.max_request_head_bytes + 8192).max(16 * 1024))
+        .keep_alive(true);
+    let service = {
+        let shared = shared.clone();
+        service_fn(move |req| handle(shared.clone(), req))
+    };
+    let conn = builder.serve_connection(io, service).with_upgrades();
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        _ = &mut stop => {
+            // Finish the request in flight, then close; idle connections close now.
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(%peer, error = %e, "connection ended with error");
+    }
 }
