@@ -33,19 +33,22 @@ use tokio::time::{Instant, Sleep};
 
 use crate::access_log::RequestRecord;
 use crate::chunked::ChunkedScanner;
+use crate::config::ProxyConfig;
 use crate::config::{SECRET_HEADER, TARGET_HOST_HEADER, VIA_HEADER};
 use crate::handler::Shared;
 use crate::localhost::connect_local;
 use crate::responses::ProxyError;
-use crate::target_host::parse_target_host_bytes;
+use crate::target_host::{TargetForm, parse_target_host_bytes};
 
 /// Request header fields parsed on the stack; a request with more goes to hyper (which applies
 /// the configured limit itself).
 const REQ_HEADERS: usize = 128;
 /// Most header fields accepted in an app's response head (the same limit as the hyper client).
 pub(crate) const RESP_HEADERS: usize = 200;
-/// Read size for bodies and the first read of a head.
+/// Read size for the first read of a response head (and its first body bytes).
 const BODY_READ: usize = 16 * 1024;
+/// Read size while a body is being relayed (held only while it is: see `relay_body`).
+const RELAY_READ: usize = 64 * 1024;
 /// Most `Connection` tokens naming other headers that are honoured in place; a message naming
 /// more goes to hyper (requests) or is refused (responses).
 const MAX_NAMED: usize = 8;
@@ -327,186 +330,47 @@ impl FastConn {
     /// Parses the head at `cpos` and, for a fast-path request, writes the upstream request.
     fn parse(&mut self) -> Parsed {
         let shared = &*self.shared;
-        let limits = &shared.cfg.limits;
-        let buf = &self.cbuf[self.cpos..];
-        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; REQ_HEADERS];
-        let n_headers = limits.max_request_headers.min(REQ_HEADERS);
-        let mut head = httparse::Request::new(&mut []);
-        let head_len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut head,
-            buf,
-            &mut storage[..n_headers],
+        let p = match plan_request(
+            &shared.cfg,
+            shared.self_port,
+            &self.cbuf[self.cpos..],
+            &mut self.req,
         ) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Parsed::Partial,
-            Err(_) => return Parsed::Hyper,
+            HeadPlan::Forward(p) => p,
+            HeadPlan::Partial => return Parsed::Partial,
+            HeadPlan::FullHandler => return Parsed::Hyper,
         };
-        let (Some(method), Some(target_uri), Some(1)) = (head.method, head.path, head.version)
-        else {
-            return Parsed::Hyper;
-        };
-        if head_len > limits.max_request_head_bytes
-            || method == "CONNECT"
-            || !target_uri.starts_with('/')
-            || !target_uri.bytes().all(uri_byte_ok)
-        {
-            return Parsed::Hyper;
-        }
-        let path = target_uri.split('?').next().unwrap_or(target_uri);
-        if path == "/health" {
-            return Parsed::Hyper;
-        }
-
-        let rid_name = shared.cfg.request_id_header.as_str();
-        let mut host: Option<&[u8]> = None;
-        let mut hosts = 0;
-        let mut target: Option<&[u8]> = None;
-        let mut secret: Option<&[u8]> = None;
-        let mut rid: Option<&[u8]> = None;
-        let mut body_len: Option<u64> = None;
-        let mut close = false;
-        let mut named: [&[u8]; MAX_NAMED] = [b""; MAX_NAMED];
-        let mut n_named = 0;
-        let mut te_trailers_only = true;
-        for h in head.headers.iter() {
-            let name = h.name.as_bytes();
-            if is(name, "host") {
-                hosts += 1;
-                host = Some(h.value);
-            } else if is(name, "content-length") {
-                if body_len.is_some() {
-                    return Parsed::Hyper;
-                }
-                match parse_decimal(h.value) {
-                    Some(n) => body_len = Some(n),
-                    None => return Parsed::Hyper,
-                }
-            } else if is(name, "transfer-encoding") || is(name, "expect") || is(name, "upgrade") {
-                return Parsed::Hyper;
-            } else if is(name, "connection") {
-                for t in tokens(h.value) {
-                    if t.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if t.eq_ignore_ascii_case(b"upgrade") {
-                        return Parsed::Hyper;
-                    } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
-                        if n_named == MAX_NAMED {
-                            return Parsed::Hyper;
-                        }
-                        named[n_named] = t;
-                        n_named += 1;
-                    }
-                }
-            } else if is(name, "te") {
-                te_trailers_only &= tokens(h.value).all(|t| t.eq_ignore_ascii_case(b"trailers"));
-            } else if is(name, TARGET_HOST_HEADER.as_str()) {
-                target = target.or(Some(h.value));
-            } else if is(name, SECRET_HEADER.as_str()) {
-                secret = secret.or(Some(h.value));
-            }
-            if is(name, rid_name) {
-                rid = rid.or(Some(h.value));
-            }
-        }
-        let Some(host) = host.filter(|_| hosts == 1) else {
-            return Parsed::Hyper;
-        };
-        if let Some(s) = &shared.cfg.secret
-            && !secret.is_some_and(|p| s.matches(p))
-        {
-            return Parsed::Hyper;
-        }
-        let Ok(tgt) = parse_target_host_bytes(target) else {
-            return Parsed::Hyper;
-        };
-        if tgt.port == shared.self_port {
-            return Parsed::Hyper;
-        }
-        let body_len = body_len.unwrap_or(0);
-        let Ok(body) = usize::try_from(body_len) else {
-            return Parsed::Hyper;
-        };
-        if buf.len() - head_len < body {
-            // The body is still on its way: hyper streams it.
-            return Parsed::Hyper;
-        }
-        let named = &named[..n_named];
-
-        // The upstream request: what `rewrite_request_headers` produces, written directly.
-        let req = &mut self.req;
-        req.clear();
-        req.extend_from_slice(method.as_bytes());
-        req.push(b' ');
-        req.extend_from_slice(target_uri.as_bytes());
-        req.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut te_written = false;
-        for h in head.headers.iter() {
-            let name = h.name.as_bytes();
-            if named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
-                continue;
-            }
-            if is(name, "host") {
-                req.extend_from_slice(b"host: localhost:");
-                push_u64(req, u64::from(tgt.port));
-                req.extend_from_slice(b"\r\n");
-                continue;
-            }
-            if is(name, "te") {
-                if te_trailers_only && !te_written {
-                    req.extend_from_slice(b"te: trailers\r\n");
-                    te_written = true;
-                }
-                continue;
-            }
-            if is(name, "connection")
-                || is(name, "keep-alive")
-                || is(name, "proxy-connection")
-                || is(name, TARGET_HOST_HEADER.as_str())
-                || is(name, SECRET_HEADER.as_str())
-                || is(name, VIA_HEADER.as_str())
-            {
-                continue;
-            }
-            req.extend_from_slice(name);
-            req.extend_from_slice(b": ");
-            req.extend_from_slice(h.value);
-            req.extend_from_slice(b"\r\n");
-        }
-        req.extend_from_slice(VIA_HEADER.as_str().as_bytes());
-        req.extend_from_slice(b": ");
-        req.extend_from_slice(host);
-        req.extend_from_slice(b"\r\n\r\n");
-        req.extend_from_slice(&buf[head_len..head_len + body]);
-
         let log = shared.cfg.access_log.enabled().then(|| {
             Box::new(RequestRecord {
-                request_id: shared.request_id_from(rid),
-                method: method.to_string(),
-                path: path.to_string(),
-                target_header: target.map(|v| String::from_utf8_lossy(v).into_owned()),
-                target_port: Some(tgt.port),
-                target_form: Some(tgt.form.as_str()),
+                request_id: shared.request_id_from(p.request_id),
+                method: p.method.to_string(),
+                path: p.path.to_string(),
+                target_header: p
+                    .target_header
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+                target_port: Some(p.port),
+                target_form: Some(p.form.as_str()),
                 upstream_addr: None,
                 status: 0,
                 error: None,
                 upgraded: false,
                 head_duration: Default::default(),
                 duration: Default::default(),
-                bytes_in: body_len,
+                bytes_in: p.body_len,
                 bytes_out: 0,
                 completed: false,
             })
         });
         Parsed::Forward(Plan {
-            port: tgt.port,
-            consumed: head_len + body,
-            retryable: body == 0
+            port: p.port,
+            consumed: p.consumed,
+            retryable: p.body_len == 0
                 && matches!(
-                    method,
+                    p.method,
                     "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
                 ),
-            head_method: method == "HEAD",
-            close,
+            head_method: p.method == "HEAD",
+            close: p.close,
             log,
         })
     }
@@ -658,31 +522,40 @@ impl FastConn {
             if done {
                 finish(&mut log, true, bytes);
             }
-            // Write what belongs to the message (after the head, on the first round).
-            if !first {
-                self.out.clear();
-            }
+            // Write what belongs to the message: with the head in one write on the first round,
+            // straight from the read buffer after that.
             let data = &self.ubuf[pos..pos + take];
-            if framing == Framing::Close && take > 0 {
+            let written = if framing == Framing::Close && take > 0 {
+                if !first {
+                    self.out.clear();
+                }
                 self.out
                     .extend_from_slice(format!("{take:x}\r\n").as_bytes());
                 self.out.extend_from_slice(data);
                 self.out.extend_from_slice(b"\r\n");
-            } else {
+                self.write_out().await
+            } else if first {
                 self.out.extend_from_slice(data);
-            }
-            if (first || !self.out.is_empty()) && !self.write_out().await {
+                self.write_out().await
+            } else {
+                self.client.write_all(data).await.is_ok()
+            };
+            if !written {
                 finish(&mut log, false, bytes);
                 return None;
             }
             first = false;
             if done {
+                if self.ubuf.capacity() > 2 * BODY_READ {
+                    // A long body was relayed in large reads; an idle connection keeps less.
+                    self.ubuf = Vec::with_capacity(BODY_READ);
+                }
                 return Some((up, !extra));
             }
             // Read more of the body.
             self.ubuf.clear();
             pos = 0;
-            self.ubuf.reserve(BODY_READ);
+            self.ubuf.reserve(RELAY_READ);
             match up.read_buf(&mut self.ubuf).await {
                 Ok(0) if framing == Framing::Close => {
                     finish(&mut log, true, bytes);
@@ -746,6 +619,206 @@ impl FastConn {
         }
         self.write_out().await && !close
     }
+}
+
+/// A request head the fast path forwards, as [`plan_request`] read it.
+#[derive(Debug)]
+pub struct PlannedRequest<'a> {
+    pub port: u16,
+    pub form: TargetForm,
+    /// Bytes of the request (head and body) in the buffer.
+    pub consumed: usize,
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    pub target_header: Option<&'a [u8]>,
+    pub request_id: Option<&'a [u8]>,
+    pub body_len: u64,
+    /// The client asked to close after the response.
+    pub close: bool,
+}
+
+/// What the fast path makes of the bytes at the start of a client buffer.
+#[derive(Debug)]
+pub enum HeadPlan<'a> {
+    /// Forward it: the upstream request (head and body) has been written.
+    Forward(PlannedRequest<'a>),
+    /// The head is not complete yet.
+    Partial,
+    /// Not a request the fast path handles: the full handler decides (and may refuse).
+    FullHandler,
+}
+
+/// The fast path's request rewrite: parses the request head at the start of `buf` and, when the
+/// fast path handles it, writes into `out` what [`crate::rewrite_request_headers`] would send, in
+/// the client's order and spelling.
+pub fn plan_request<'a>(
+    cfg: &ProxyConfig,
+    self_port: u16,
+    buf: &'a [u8],
+    out: &mut Vec<u8>,
+) -> HeadPlan<'a> {
+    let limits = &cfg.limits;
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; REQ_HEADERS];
+    let n_headers = limits.max_request_headers.min(REQ_HEADERS);
+    let mut head = httparse::Request::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+        &mut head,
+        buf,
+        &mut storage[..n_headers],
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return HeadPlan::Partial,
+        Err(_) => return HeadPlan::FullHandler,
+    };
+    let (Some(method), Some(target_uri), Some(1)) = (head.method, head.path, head.version) else {
+        return HeadPlan::FullHandler;
+    };
+    if head_len > limits.max_request_head_bytes
+        || method == "CONNECT"
+        || !target_uri.starts_with('/')
+        || !target_uri.bytes().all(uri_byte_ok)
+    {
+        return HeadPlan::FullHandler;
+    }
+    let path = target_uri.split('?').next().unwrap_or(target_uri);
+    if path == "/health" {
+        return HeadPlan::FullHandler;
+    }
+
+    let rid_name = cfg.request_id_header.as_str();
+    let mut host: Option<&[u8]> = None;
+    let mut hosts = 0;
+    let mut target: Option<&[u8]> = None;
+    let mut secret: Option<&[u8]> = None;
+    let mut rid: Option<&[u8]> = None;
+    let mut body_len: Option<u64> = None;
+    let mut close = false;
+    let mut named: [&[u8]; MAX_NAMED] = [b""; MAX_NAMED];
+    let mut n_named = 0;
+    let mut te_trailers_only = true;
+    for h in head.headers.iter() {
+        let name = h.name.as_bytes();
+        if is(name, "host") {
+            hosts += 1;
+            host = Some(h.value);
+        } else if is(name, "content-length") {
+            if body_len.is_some() {
+                return HeadPlan::FullHandler;
+            }
+            match parse_decimal(h.value) {
+                Some(n) => body_len = Some(n),
+                None => return HeadPlan::FullHandler,
+            }
+        } else if is(name, "transfer-encoding") || is(name, "expect") || is(name, "upgrade") {
+            return HeadPlan::FullHandler;
+        } else if is(name, "connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    return HeadPlan::FullHandler;
+                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    if n_named == MAX_NAMED {
+                        return HeadPlan::FullHandler;
+                    }
+                    named[n_named] = t;
+                    n_named += 1;
+                }
+            }
+        } else if is(name, "te") {
+            te_trailers_only &= tokens(h.value).all(|t| t.eq_ignore_ascii_case(b"trailers"));
+        } else if is(name, TARGET_HOST_HEADER.as_str()) {
+            target = target.or(Some(h.value));
+        } else if is(name, SECRET_HEADER.as_str()) {
+            secret = secret.or(Some(h.value));
+        }
+        if is(name, rid_name) {
+            rid = rid.or(Some(h.value));
+        }
+    }
+    let Some(host) = host.filter(|_| hosts == 1) else {
+        return HeadPlan::FullHandler;
+    };
+    if let Some(s) = &cfg.secret
+        && !secret.is_some_and(|p| s.matches(p))
+    {
+        return HeadPlan::FullHandler;
+    }
+    let Ok(tgt) = parse_target_host_bytes(target) else {
+        return HeadPlan::FullHandler;
+    };
+    if tgt.port == self_port {
+        return HeadPlan::FullHandler;
+    }
+    let body_len = body_len.unwrap_or(0);
+    let Ok(body) = usize::try_from(body_len) else {
+        return HeadPlan::FullHandler;
+    };
+    if buf.len() - head_len < body {
+        // The body is still on its way: hyper streams it.
+        return HeadPlan::FullHandler;
+    }
+    let named = &named[..n_named];
+
+    // The upstream request: what `rewrite_request_headers` produces, written directly.
+    let req = out;
+    req.clear();
+    req.extend_from_slice(method.as_bytes());
+    req.push(b' ');
+    req.extend_from_slice(target_uri.as_bytes());
+    req.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut te_written = false;
+    for h in head.headers.iter() {
+        let name = h.name.as_bytes();
+        // Host first: the proxy sets its own even when `Connection` names `Host`.
+        if is(name, "host") {
+            req.extend_from_slice(b"host: localhost:");
+            push_u64(req, u64::from(tgt.port));
+            req.extend_from_slice(b"\r\n");
+            continue;
+        }
+        if named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        if is(name, "te") {
+            if te_trailers_only && !te_written {
+                req.extend_from_slice(b"te: trailers\r\n");
+                te_written = true;
+            }
+            continue;
+        }
+        if is(name, "connection")
+            || is(name, "keep-alive")
+            || is(name, "proxy-connection")
+            || is(name, TARGET_HOST_HEADER.as_str())
+            || is(name, SECRET_HEADER.as_str())
+            || is(name, VIA_HEADER.as_str())
+        {
+            continue;
+        }
+        req.extend_from_slice(name);
+        req.extend_from_slice(b": ");
+        req.extend_from_slice(h.value);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(VIA_HEADER.as_str().as_bytes());
+    req.extend_from_slice(b": ");
+    req.extend_from_slice(host);
+    req.extend_from_slice(b"\r\n\r\n");
+    req.extend_from_slice(&buf[head_len..head_len + body]);
+
+    HeadPlan::Forward(PlannedRequest {
+        port: tgt.port,
+        form: tgt.form,
+        consumed: head_len + body,
+        method,
+        path,
+        target_header: target,
+        request_id: rid,
+        body_len,
+        close,
+    })
 }
 
 /// Resolves when the client closes its connection (or it fails). Bytes it sends meanwhile (a

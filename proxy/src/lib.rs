@@ -11,6 +11,7 @@ mod chunked;
 pub mod config;
 mod date;
 mod fast;
+pub use fast::{HeadPlan, PlannedRequest, plan_request};
 mod handler;
 pub mod hop_headers;
 pub mod localhost;

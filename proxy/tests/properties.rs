@@ -169,3 +169,112 @@ proptest! {
         })?;
     }
 }
+
+/// Request header fields for the rewrite parity property: end-to-end ones in mixed case, every
+/// hop-by-hop kind (with `Connection` naming others, `Host` included), the proxy's own headers, and
+/// repeats.
+fn header_fields() -> impl Strategy<Value = Vec<(String, String)>> {
+    let field = prop_oneof![
+        Just(("Accept".to_string(), "*/*".to_string())),
+        Just(("accept".to_string(), "text/html".to_string())),
+        Just(("X-Mixed-Case".to_string(), "v".to_string())),
+        Just(("cookie".to_string(), "a=1; b=2".to_string())),
+        Just(("keep-alive".to_string(), "timeout=5".to_string())),
+        Just(("Proxy-Connection".to_string(), "keep-alive".to_string())),
+        Just(("TE".to_string(), "trailers".to_string())),
+        Just(("te".to_string(), "gzip, trailers".to_string())),
+        Just(("X-Iterate-Proxy-Via".to_string(), "forged".to_string())),
+        Just((
+            "x-iterate-project-ingress-secret".to_string(),
+            "s".to_string()
+        )),
+        Just((
+            "X-Iterate-Proxy-Target-Host".to_string(),
+            "localhost:1".to_string()
+        )),
+        (
+            Just("Connection".to_string()),
+            proptest::sample::subsequence(
+                vec![
+                    "keep-alive",
+                    "close",
+                    "X-Mixed-Case",
+                    "cookie",
+                    "Host",
+                    "te",
+                    "x-iterate-proxy-via"
+                ],
+                0..4
+            )
+            .prop_map(|t| t.join(", "))
+        ),
+        ("x-[a-z]{1,6}", "[ -~]{0,12}").prop_map(|(k, v)| (k, v.trim().to_string())),
+    ];
+    proptest::collection::vec(field, 0..10)
+}
+
+/// A rewritten head as a sorted list of (lower-case name, value).
+fn fields_of(head: &[u8]) -> Vec<(String, String)> {
+    let mut storage = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut storage);
+    assert!(req.parse(head).unwrap().is_complete());
+    let mut v: Vec<_> = req
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+proptest! {
+    #![proptest_config(cases(2000))]
+
+    /// The fast path's byte-level rewrite sends the app the same header fields (names compared
+    /// case-insensitively, order aside) as the full handler's `rewrite_request_headers`.
+    #[test]
+    fn fast_path_rewrite_matches_the_full_handler(fields in header_fields()) {
+        let mut raw = String::from("GET /p?q=1 HTTP/1.1\r\nHost: Example.com\r\n");
+        raw.push_str("X-Iterate-Proxy-Target-Host: 4096__m.iterate.town\r\n");
+        let mut map = http::HeaderMap::new();
+        map.append("host", http::HeaderValue::from_static("Example.com"));
+        map.append(
+            "x-iterate-proxy-target-host",
+            http::HeaderValue::from_static("4096__m.iterate.town"),
+        );
+        for (k, v) in &fields {
+            raw.push_str(&format!("{k}: {v}\r\n"));
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        raw.push_str("\r\n");
+        let mut out = Vec::new();
+        let plan = proxy::plan_request(&ProxyConfig::default(), 8080, raw.as_bytes(), &mut out);
+        match plan {
+            proxy::HeadPlan::Forward(p) => {
+                prop_assert_eq!(p.port, 4096);
+                prop_assert_eq!(p.consumed, raw.len());
+                prop_assert!(out.starts_with(b"GET /p?q=1 HTTP/1.1\r\n"));
+                let target = parse_target_host("4096__m.iterate.town").unwrap();
+                proxy::rewrite_request_headers(&mut map, target, false);
+                let mut full: Vec<_> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    })
+                    .collect();
+                full.sort();
+                prop_assert_eq!(fields_of(&out), full);
+            }
+            // Nothing generated here needs the full handler.
+            other => prop_assert!(false, "not forwarded: {:?}", other),
+        }
+    }
+}
