@@ -260,6 +260,11 @@ impl FastConn {
         }
     }
 
+    /// Ends the client connection's write side (the stream is closed when dropped).
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = self.client.shutdown().await;
+    }
+
     /// The client stream, for hyper to continue with.
     pub(crate) fn into_stream(self) -> TcpStream {
         self.client

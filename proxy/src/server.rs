@@ -123,7 +123,11 @@ where
 async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut stop: Stop) {
     let mut fast = FastConn::new(stream, shared.clone());
     let rest = match fast.run(&mut stop).await {
-        Next::Close => return,
+        Next::Close => {
+            // FIN after the last response rather than a bare close.
+            fast.shutdown().await;
+            return;
+        }
         Next::Hyper(rest) => rest,
     };
     let io = Rewind::new(rest, fast.into_stream());
