@@ -16,7 +16,8 @@
 //!
 //! Memory per connection is bounded: the client read buffer never holds more than one request
 //! head (plus what arrived with it), the upstream buffer at most one response head, and bodies are
-//! copied through in reads of at most [`BODY_READ`] bytes.
+//! copied through one buffer of [`RELAY_READ`] bytes that is given back when the body ends. An idle
+//! keep-alive connection holds about [`HEAD_READ`] + [`FIRST_READ`] bytes of buffers.
 
 use std::future::{Future, poll_fn};
 use std::io;
@@ -45,8 +46,10 @@ use crate::target_host::{TargetForm, parse_target_host_bytes};
 const REQ_HEADERS: usize = 128;
 /// Most header fields accepted in an app's response head (the same limit as the hyper client).
 pub(crate) const RESP_HEADERS: usize = 200;
+/// Room kept for reading a request head (more is reserved as a longer head arrives).
+const HEAD_READ: usize = 4 * 1024;
 /// Read size for the first read of a response head (and its first body bytes).
-const BODY_READ: usize = 16 * 1024;
+const FIRST_READ: usize = 8 * 1024;
 /// Read size while a body is being relayed (held only while it is: see `relay_body`).
 const RELAY_READ: usize = 64 * 1024;
 /// Most `Connection` tokens naming other headers that are honoured in place; a message naming
@@ -296,7 +299,7 @@ impl FastConn {
                     self.cpos = 0;
                 }
                 if self.cbuf.capacity() - self.cbuf.len() < 1024 {
-                    self.cbuf.reserve(BODY_READ);
+                    self.cbuf.reserve(HEAD_READ);
                 }
                 let idle = self.cbuf.is_empty();
                 let at = wait_start + self.shared.cfg.limits.header_read_timeout;
@@ -551,9 +554,9 @@ impl FastConn {
             }
             first = false;
             if done {
-                if self.ubuf.capacity() > 2 * BODY_READ {
+                if self.ubuf.capacity() > 2 * FIRST_READ {
                     // A long body was relayed in large reads; an idle connection keeps less.
-                    self.ubuf = Vec::with_capacity(BODY_READ);
+                    self.ubuf = Vec::with_capacity(FIRST_READ);
                 }
                 return Some((up, !extra));
             }
@@ -912,7 +915,7 @@ async fn exchange(
                 tracing::debug!(port, "response head too large");
                 return Err(failed);
             }
-            ubuf.reserve(BODY_READ);
+            ubuf.reserve(FIRST_READ);
         }
         match up.read_buf(ubuf).await {
             Ok(0) if ubuf.is_empty() => return Err(lost(None)),

@@ -40,7 +40,30 @@ pub struct App {
     stop: std::sync::Mutex<Option<watch::Sender<bool>>>,
     /// While down: the port, bound but not listening.
     reservation: std::sync::Mutex<Option<socket2::Socket>>,
+    /// An IPv6-only app's port on 127.0.0.1, held bound (refusing) for the app's life.
+    _v4_twin: Option<socket2::Socket>,
     trace: Arc<TraceStore>,
+}
+
+/// An ephemeral `[::1]` listener whose port is also held, bound but not listening, on 127.0.0.1.
+///
+/// "localhost" tries 127.0.0.1 first. In one process several worlds share the host, and the kernel
+/// gives out ephemeral ports per address: without the twin, another world's app could be given
+/// 127.0.0.1 with the same port number, and this app's machine would reach it instead of being
+/// refused and falling through to `[::1]` (seen once in CI). The twin is a plain socket without
+/// `SO_REUSEPORT`, so nothing else can bind that address.
+fn bind_ipv6_with_refusing_v4_twin() -> std::io::Result<(TcpListener, socket2::Socket)> {
+    let mut last = None;
+    for _ in 0..32 {
+        let listener = bind_handover(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)))?;
+        let port = listener.local_addr()?.port();
+        let twin = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        match twin.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into()) {
+            Ok(()) => return Ok((listener, twin)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no port free on both ::1 and 127.0.0.1")))
 }
 
 impl App {
@@ -61,9 +84,19 @@ impl App {
         real_port: bool,
     ) -> std::io::Result<Arc<App>> {
         let port = if real_port { spec.port } else { 0 };
-        let listener = match spec.bind {
-            Bind::Ipv4 => bind_handover(SocketAddr::from(([127, 0, 0, 1], port)))?,
-            Bind::Ipv6 => bind_handover(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))?,
+        let (listener, v4_twin) = match spec.bind {
+            Bind::Ipv4 => (
+                bind_handover(SocketAddr::from(([127, 0, 0, 1], port)))?,
+                None,
+            ),
+            Bind::Ipv6 if real_port => (
+                bind_handover(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))?,
+                None,
+            ),
+            Bind::Ipv6 => {
+                let (l, twin) = bind_ipv6_with_refusing_v4_twin()?;
+                (l, Some(twin))
+            }
         };
         let addr = listener.local_addr()?;
         let app = Arc::new(App {
@@ -74,6 +107,7 @@ impl App {
             reset_mid_body: AtomicBool::new(false),
             stop: std::sync::Mutex::new(None),
             reservation: std::sync::Mutex::new(None),
+            _v4_twin: v4_twin,
             trace,
         });
         app.serve(listener);
@@ -442,4 +476,30 @@ fn reset_mid_body() -> Response<BoxBody> {
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("1000"));
     r
+}
+
+#[cfg(test)]
+mod twin_tests {
+    use super::*;
+    use crate::world::{AppKind, AppSpec, Bind};
+
+    #[tokio::test]
+    async fn ipv6_only_app_holds_its_port_on_127_0_0_1_refusing() {
+        let spec = AppSpec {
+            port: 5173,
+            kind: AppKind::Echo,
+            bind: Bind::Ipv6,
+        };
+        let app = App::start("m", spec, Arc::new(TraceStore::default()))
+            .await
+            .unwrap();
+        assert!(app.addr.is_ipv6());
+        let v4 = SocketAddr::from(([127, 0, 0, 1], app.addr.port()));
+        // Nothing else can be given the v4 twin, and it refuses, so "localhost" falls through to ::1.
+        let e = std::net::TcpListener::bind(v4).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        let e = tokio::net::TcpStream::connect(v4).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+        tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    }
 }
