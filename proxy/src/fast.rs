@@ -50,6 +50,8 @@ pub(crate) const RESP_HEADERS: usize = 200;
 const HEAD_READ: usize = 4 * 1024;
 /// Read size for the first read of a response head (and its first body bytes).
 const FIRST_READ: usize = 8 * 1024;
+/// Buffer for streaming a request body that did not arrive with its head.
+const BODY_CHUNK: usize = 16 * 1024;
 /// Read size while a body is being relayed (held only while it is: see `relay_body`).
 const RELAY_READ: usize = 64 * 1024;
 /// Most `Connection` tokens naming other headers that are honoured in place; a message naming
@@ -145,6 +147,8 @@ struct Plan {
     port: u16,
     /// Bytes of the client's request (head and body) in the read buffer.
     consumed: usize,
+    /// Body bytes still to come from the client.
+    body_pending: u64,
     /// Idempotent and without a body: may be sent again on a fresh connection when a pooled one
     /// turns out to be dead before answering.
     retryable: bool,
@@ -186,6 +190,8 @@ enum Exchange {
     Stale,
     /// The app could not be reached or answered badly (with the address, once connected).
     Failed(Option<SocketAddr>),
+    /// The client went away while its body was being streamed.
+    ClientGone,
 }
 
 pub(crate) struct FastConn {
@@ -372,6 +378,7 @@ impl FastConn {
         Parsed::Forward(Plan {
             port: p.port,
             consumed: p.consumed,
+            body_pending: p.body_pending,
             retryable: p.body_len == 0
                 && matches!(
                     p.method,
@@ -392,6 +399,7 @@ impl FastConn {
         let limits = &shared.cfg.limits;
         let at = Instant::now() + limits.upstream_head_timeout;
         let close = plan.close || shared.stopping.load(Ordering::Relaxed);
+        let streaming = plan.body_pending > 0;
         let mut fresh = false;
         let outcome = loop {
             let FastConn {
@@ -414,18 +422,20 @@ impl FastConn {
                 req,
                 ubuf,
                 out,
+                streaming.then_some((&*client, plan.body_pending)),
             );
             let head_cap = limits.max_request_head_bytes;
             let watched = async {
                 tokio::select! {
                     biased;
                     r = attempt => Some(r),
-                    () = client_gone(client, cbuf, head_cap) => None,
+                    // While a body streams, the exchange itself notices the client leaving.
+                    () = client_gone(client, cbuf, head_cap), if !streaming => None,
                 }
             };
             match deadline.run(at, watched).await {
                 None => break Err((ProxyError::UpstreamTimeout, None)),
-                Some(None) => {
+                Some(None) | Some(Some(Err(Exchange::ClientGone))) => {
                     // The client left before the answer: drop the upstream request, as hyper
                     // does when it cancels a handler, and log nothing.
                     tracing::debug!("client closed before the response head");
@@ -439,10 +449,11 @@ impl FastConn {
                     }
                     Err(Exchange::Stale) => break Err((ProxyError::ProxyError, None)),
                     Err(Exchange::Failed(addr)) => break Err((ProxyError::ProxyError, addr)),
+                    Err(Exchange::ClientGone) => return false,
                 },
             }
         };
-        let (up, addr, head) = match outcome {
+        let (up, addr, head, unsent) = match outcome {
             Ok(v) => v,
             Err((e, addr)) => {
                 if let Some(log) = plan.log.as_mut() {
@@ -456,14 +467,18 @@ impl FastConn {
             log.upstream_addr = Some(addr);
             log.status = head.status;
             log.head_duration = started.elapsed();
+            log.bytes_in -= unsent;
         }
+        // An app that answered before taking the whole body: neither connection is in a known
+        // state afterwards (the rest of the body is still on its way), so both close.
+        let whole_body_sent = unsent == 0;
         let body = self.relay_body(framing, head.len, up, plan.log.as_deref_mut(), started);
         match body.await {
             Some((up, clean_end)) => {
-                if head.persistent && clean_end && framing != Framing::Close {
+                if head.persistent && clean_end && framing != Framing::Close && whole_body_sent {
                     shared.pool.checkin(plan.port, up, addr);
                 }
-                !close
+                !close && whole_body_sent
             }
             None => false,
         }
@@ -642,6 +657,8 @@ pub struct PlannedRequest<'a> {
     pub target_header: Option<&'a [u8]>,
     pub request_id: Option<&'a [u8]>,
     pub body_len: u64,
+    /// Body bytes not yet in the buffer: streamed from the client after the head.
+    pub body_pending: u64,
     /// The client asked to close after the response.
     pub close: bool,
 }
@@ -763,10 +780,8 @@ pub fn plan_request<'a>(
     let Ok(body) = usize::try_from(body_len) else {
         return HeadPlan::FullHandler;
     };
-    if buf.len() - head_len < body {
-        // The body is still on its way: hyper streams it.
-        return HeadPlan::FullHandler;
-    }
+    // What of the body arrived with the head goes out with it; the rest is streamed.
+    let in_buf = body.min(buf.len() - head_len);
     let named = &named[..n_named];
 
     // The upstream request: what `rewrite_request_headers` produces, written directly.
@@ -814,17 +829,18 @@ pub fn plan_request<'a>(
     req.extend_from_slice(b": ");
     req.extend_from_slice(host);
     req.extend_from_slice(b"\r\n\r\n");
-    req.extend_from_slice(&buf[head_len..head_len + body]);
+    req.extend_from_slice(&buf[head_len..head_len + in_buf]);
 
     HeadPlan::Forward(PlannedRequest {
         port: tgt.port,
         form: tgt.form,
-        consumed: head_len + body,
+        consumed: head_len + in_buf,
         method,
         path,
         target_header: target,
         request_id: rid,
         body_len,
+        body_pending: (body - in_buf) as u64,
         close,
     })
 }
@@ -869,7 +885,8 @@ async fn exchange(
     req: &[u8],
     ubuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
-) -> Result<(TcpStream, SocketAddr, RespHead), Exchange> {
+    body: Option<(&TcpStream, u64)>,
+) -> Result<(TcpStream, SocketAddr, RespHead, u64), Exchange> {
     let limits = &shared.cfg.limits;
     let port = at.port;
     let mut pooled = if at.fresh {
@@ -908,8 +925,34 @@ async fn exchange(
         return Err(lost(Some(&e)));
     }
     ubuf.clear();
+    let unsent = match body {
+        Some((client, pending)) => stream_body(client, &up, pending, ubuf)
+            .await
+            .map_err(|e| e.unwrap_or(Exchange::Failed(Some(addr))))?,
+        None => 0,
+    };
+    let close = at.close || unsent > 0;
     let mut start = 0;
     loop {
+        if ubuf.len() > start {
+            loop {
+                match response_head(&ubuf[start..], at.head_method, close, out) {
+                    Head::Partial => break,
+                    Head::Invalid => return Err(failed),
+                    Head::Interim(n) => start += n,
+                    Head::Final(head) => {
+                        if head.len > limits.max_response_head_bytes {
+                            tracing::debug!(port, "response head too large");
+                            return Err(failed);
+                        }
+                        if start > 0 {
+                            ubuf.drain(..start);
+                        }
+                        return Ok((up, addr, head, unsent));
+                    }
+                }
+            }
+        }
         if ubuf.capacity() - ubuf.len() < 1024 {
             if ubuf.len() - start > limits.max_response_head_bytes {
                 tracing::debug!(port, "response head too large");
@@ -924,24 +967,59 @@ async fn exchange(
             Err(e) if ubuf.is_empty() => return Err(lost(Some(&e))),
             Err(_) => return Err(failed),
         }
-        loop {
-            match response_head(&ubuf[start..], at.head_method, at.close, out) {
-                Head::Partial => break,
-                Head::Invalid => return Err(failed),
-                Head::Interim(n) => start += n,
-                Head::Final(head) => {
-                    if head.len > limits.max_response_head_bytes {
-                        tracing::debug!(port, "response head too large");
-                        return Err(failed);
+    }
+}
+
+/// Copies the `pending` rest of a request body from the client to the app through one 16 KiB
+/// buffer, while watching the app: if it starts answering first, stops and returns how many body
+/// bytes were not sent (the answer's first bytes are then in `ubuf`). `Err(None)` is an upstream
+/// failure, `Err(Some(ClientGone))` the client leaving part-way.
+async fn stream_body(
+    client: &TcpStream,
+    up: &TcpStream,
+    mut pending: u64,
+    ubuf: &mut Vec<u8>,
+) -> Result<u64, Option<Exchange>> {
+    let mut chunk = vec![0u8; BODY_CHUNK];
+    let (mut lo, mut hi) = (0usize, 0usize);
+    while pending > 0 || lo < hi {
+        tokio::select! {
+            biased;
+            r = up.readable() => {
+                r.map_err(|_| None)?;
+                ubuf.reserve(FIRST_READ);
+                match up.try_read_buf(ubuf) {
+                    // The app answers (or gives up) before the whole body is sent.
+                    Ok(0) => return Err(None),
+                    Ok(_) => return Ok(pending + (hi - lo) as u64),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(None),
+                }
+            }
+            r = client.readable(), if lo == hi => {
+                r.map_err(|_| Some(Exchange::ClientGone))?;
+                let want = usize::try_from(pending).unwrap_or(usize::MAX).min(chunk.len());
+                match client.try_read(&mut chunk[..want]) {
+                    Ok(0) => return Err(Some(Exchange::ClientGone)),
+                    Ok(n) => {
+                        (lo, hi) = (0, n);
+                        pending -= n as u64;
                     }
-                    if start > 0 {
-                        ubuf.drain(..start);
-                    }
-                    return Ok((up, addr, head));
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(Some(Exchange::ClientGone)),
+                }
+            }
+            r = up.writable(), if lo < hi => {
+                r.map_err(|_| None)?;
+                match up.try_write(&chunk[lo..hi]) {
+                    Ok(n) => lo += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Err(None),
                 }
             }
         }
     }
+    Ok(0)
 }
 
 enum Head {
