@@ -42,6 +42,30 @@ pub struct RequestRecord {
     pub completed: bool,
 }
 
+impl RequestRecord {
+    /// A record for a request just read, before any decision: the target header as sent (lossy
+    /// UTF-8), nothing else known yet.
+    pub fn new(request_id: String, method: &str, path: &str, target_header: Option<&[u8]>) -> Self {
+        RequestRecord {
+            request_id,
+            method: method.to_string(),
+            path: path.to_string(),
+            target_header: target_header.map(|v| String::from_utf8_lossy(v).into_owned()),
+            target_port: None,
+            target_form: None,
+            upstream_addr: None,
+            status: 0,
+            error: None,
+            upgraded: false,
+            head_duration: Duration::ZERO,
+            duration: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            completed: false,
+        }
+    }
+}
+
 /// A sink for request records.
 pub trait AccessLog: Send + Sync + 'static {
     fn record(&self, rec: &RequestRecord);

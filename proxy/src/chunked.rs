@@ -95,17 +95,7 @@ impl ChunkedScanner {
                     None if digits == 0 => return Err(InvalidChunked),
                     None => self.after_size(b)?,
                 },
-                State::Ext => {
-                    self.line += 1;
-                    if self.line > MAX_LINE {
-                        return Err(InvalidChunked);
-                    }
-                    match b {
-                        b'\r' => State::SizeLf,
-                        b'\n' => return Err(InvalidChunked),
-                        _ => State::Ext,
-                    }
-                }
+                State::Ext => self.in_line(b, State::Ext, State::SizeLf)?,
                 State::SizeLf => {
                     if b != b'\n' {
                         return Err(InvalidChunked);
@@ -130,24 +120,27 @@ impl ChunkedScanner {
                         State::Trailer
                     }
                 },
-                State::Trailer => {
-                    self.line += 1;
-                    if self.line > MAX_LINE {
-                        return Err(InvalidChunked);
-                    }
-                    match b {
-                        b'\r' => State::TrailerLf,
-                        b'\n' => return Err(InvalidChunked),
-                        _ => State::Trailer,
-                    }
-                }
+                State::Trailer => self.in_line(b, State::Trailer, State::TrailerLf)?,
                 State::TrailerLf if b == b'\n' => State::TrailerStart,
                 State::EndLf if b == b'\n' => State::Done,
                 State::TrailerLf | State::EndLf => return Err(InvalidChunked),
-                State::Data | State::Done => unreachable_state(),
+                // Handled before the byte is taken; staying put keeps the scanner total.
+                s @ (State::Data | State::Done) => s,
             };
         }
         Ok(i)
+    }
+
+    /// A byte inside a size line's extensions or a trailer line (`same`): counted against the line
+    /// limit; CR ends the line (`at_cr`), a bare LF is an error.
+    fn in_line(&mut self, b: u8, same: State, at_cr: State) -> Result<State, InvalidChunked> {
+        self.line += 1;
+        match b {
+            _ if self.line > MAX_LINE => Err(InvalidChunked),
+            b'\r' => Ok(at_cr),
+            b'\n' => Err(InvalidChunked),
+            _ => Ok(same),
+        }
     }
 
     /// The byte after the last size digit: extensions (`;`, after optional whitespace) or CR.
@@ -159,13 +152,6 @@ impl ChunkedScanner {
             _ => Err(InvalidChunked),
         }
     }
-}
-
-/// `Data` and `Done` are handled before the byte match; reaching them there is impossible.
-/// Returning `Done` keeps the scanner total without a panic path.
-#[inline]
-fn unreachable_state() -> State {
-    State::Done
 }
 
 fn hex(b: u8) -> Option<u8> {

@@ -32,13 +32,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::access_log::RequestRecord;
+use crate::access_log::{AccessLog, RequestRecord};
 use crate::chunked::ChunkedScanner;
 use crate::config::ProxyConfig;
 use crate::config::{SECRET_HEADER, TARGET_HOST_HEADER, VIA_HEADER};
-use crate::handler::Shared;
+use crate::handler::{Shared, is_idempotent};
+use crate::hop_headers::is_hop_by_hop;
 use crate::localhost::connect_local;
-use crate::responses::ProxyError;
+use crate::responses::{ProxyError, error_body};
 use crate::target_host::{TargetForm, parse_target_host_bytes};
 
 /// Request header fields parsed on the stack; a request with more goes to hyper (which applies
@@ -139,6 +140,88 @@ impl Deadline {
             }
         })
         .await
+    }
+}
+
+/// What a message's hop-by-hop fields say (RFC 9110 §7.6.1), and the copy of its other fields.
+/// The byte-level twin of [`crate::hop_headers::strip_hop_by_hop`] (the parity property in
+/// `tests/properties.rs` holds them to the same result).
+struct Hop<'a> {
+    /// Fields named by `Connection` (besides `close`, `keep-alive` and `upgrade`).
+    named: [&'a [u8]; MAX_NAMED],
+    n_named: usize,
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: upgrade`.
+    upgrade: bool,
+    /// Every `TE` value is `trailers` (then a single `te: trailers` is kept).
+    te_trailers_only: bool,
+}
+
+impl<'a> Hop<'a> {
+    fn new() -> Self {
+        Hop {
+            named: [b""; MAX_NAMED],
+            n_named: 0,
+            close: false,
+            upgrade: false,
+            te_trailers_only: true,
+        }
+    }
+
+    /// Takes note of a `Connection` or `TE` field (any other is ignored). `false` when `Connection`
+    /// names more fields than [`MAX_NAMED`].
+    fn note(&mut self, name: &[u8], value: &'a [u8]) -> bool {
+        if is(name, "te") {
+            self.te_trailers_only &= tokens(value).all(|t| t.eq_ignore_ascii_case(b"trailers"));
+        } else if is(name, "connection") {
+            for t in tokens(value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    self.upgrade = true;
+                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    if self.n_named == MAX_NAMED {
+                        return false;
+                    }
+                    self.named[self.n_named] = t;
+                    self.n_named += 1;
+                }
+            }
+        }
+        true
+    }
+
+    /// Writes `name: value` lines for the end-to-end fields of `headers`. `own` sees each field
+    /// first and returns `true` when it has dealt with it (written its own line, or dropped it).
+    fn copy_end_to_end(
+        &self,
+        headers: &[httparse::Header<'_>],
+        out: &mut Vec<u8>,
+        mut own: impl FnMut(&[u8], &mut Vec<u8>) -> bool,
+    ) {
+        let named = &self.named[..self.n_named];
+        let mut te_written = false;
+        for h in headers {
+            let name = h.name.as_bytes();
+            if own(name, out) || named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
+                continue;
+            }
+            if is(name, "te") {
+                if self.te_trailers_only && !te_written {
+                    out.extend_from_slice(b"te: trailers\r\n");
+                    te_written = true;
+                }
+                continue;
+            }
+            if is_hop_by_hop(name) {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
     }
 }
 
@@ -356,34 +439,22 @@ impl FastConn {
         };
         let log = shared.cfg.access_log.enabled().then(|| {
             Box::new(RequestRecord {
-                request_id: shared.request_id_from(p.request_id),
-                method: p.method.to_string(),
-                path: p.path.to_string(),
-                target_header: p
-                    .target_header
-                    .map(|v| String::from_utf8_lossy(v).into_owned()),
                 target_port: Some(p.port),
                 target_form: Some(p.form.as_str()),
-                upstream_addr: None,
-                status: 0,
-                error: None,
-                upgraded: false,
-                head_duration: Default::default(),
-                duration: Default::default(),
                 bytes_in: p.body_len,
-                bytes_out: 0,
-                completed: false,
+                ..RequestRecord::new(
+                    shared.request_id_from(p.request_id),
+                    p.method,
+                    p.path,
+                    p.target_header,
+                )
             })
         });
         Parsed::Forward(Plan {
             port: p.port,
             consumed: p.consumed,
             body_pending: p.body_pending,
-            retryable: p.body_len == 0
-                && matches!(
-                    p.method,
-                    "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-                ),
+            retryable: p.body_len == 0 && is_idempotent(p.method),
             head_method: p.method == "HEAD",
             close: p.close,
             log,
@@ -397,7 +468,7 @@ impl FastConn {
         self.cpos += plan.consumed;
         let shared = self.shared.clone();
         let limits = &shared.cfg.limits;
-        let at = Instant::now() + limits.upstream_head_timeout;
+        let at = Instant::from_std(started) + limits.upstream_head_timeout;
         let close = plan.close || shared.stopping.load(Ordering::Relaxed);
         let streaming = plan.body_pending > 0;
         let mut fresh = false;
@@ -472,7 +543,14 @@ impl FastConn {
         // An app that answered before taking the whole body: neither connection is in a known
         // state afterwards (the rest of the body is still on its way), so both close.
         let whole_body_sent = unsent == 0;
-        let body = self.relay_body(framing, head.len, up, plan.log.as_deref_mut(), started);
+        let body = self.relay_body(
+            framing,
+            head.len,
+            up,
+            plan.log.as_deref_mut(),
+            started,
+            &*shared.cfg.access_log,
+        );
         match body.await {
             Some((up, clean_end)) => {
                 if head.persistent && clean_end && framing != Framing::Close && whole_body_sent {
@@ -494,8 +572,8 @@ impl FastConn {
         mut up: TcpStream,
         mut log: Option<&mut RequestRecord>,
         started: std::time::Instant,
+        sink: &dyn AccessLog,
     ) -> Option<(TcpStream, bool)> {
-        let sink = self.shared.cfg.access_log.clone();
         let finish = |log: &mut Option<&mut RequestRecord>, completed: bool, bytes: u64| {
             if let Some(r) = log.take() {
                 r.bytes_out = bytes;
@@ -610,6 +688,7 @@ impl FastConn {
     ) -> bool {
         let code = err.code();
         let status = err.status();
+        let body = error_body(err);
         let out = &mut self.out;
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 ");
@@ -617,7 +696,7 @@ impl FastConn {
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
-        push_u64(out, (code.len() + 12) as u64);
+        push_u64(out, body.len() as u64);
         out.extend_from_slice(b"\r\ndate: ");
         crate::date::push(out);
         out.extend_from_slice(b"\r\n");
@@ -627,9 +706,7 @@ impl FastConn {
         out.extend_from_slice(b"\r\n");
         let head_len = out.len();
         if !plan.head_method {
-            out.extend_from_slice(b"{\"error\":\"");
-            out.extend_from_slice(code.as_bytes());
-            out.extend_from_slice(b"\"}");
+            out.extend_from_slice(body.as_bytes());
         }
         if let Some(mut log) = plan.log.take() {
             log.bytes_out = (out.len() - head_len) as u64;
@@ -718,10 +795,7 @@ pub fn plan_request<'a>(
     let mut secret: Option<&[u8]> = None;
     let mut rid: Option<&[u8]> = None;
     let mut body_len: Option<u64> = None;
-    let mut close = false;
-    let mut named: [&[u8]; MAX_NAMED] = [b""; MAX_NAMED];
-    let mut n_named = 0;
-    let mut te_trailers_only = true;
+    let mut hop = Hop::new();
     for h in head.headers.iter() {
         let name = h.name.as_bytes();
         if is(name, "host") {
@@ -735,24 +809,13 @@ pub fn plan_request<'a>(
                 Some(n) => body_len = Some(n),
                 None => return HeadPlan::FullHandler,
             }
-        } else if is(name, "transfer-encoding") || is(name, "expect") || is(name, "upgrade") {
+        } else if is(name, "transfer-encoding")
+            || is(name, "expect")
+            || is(name, "upgrade")
+            // More `Connection`-named fields than honoured in place.
+            || !hop.note(name, h.value)
+        {
             return HeadPlan::FullHandler;
-        } else if is(name, "connection") {
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if t.eq_ignore_ascii_case(b"upgrade") {
-                    return HeadPlan::FullHandler;
-                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
-                    if n_named == MAX_NAMED {
-                        return HeadPlan::FullHandler;
-                    }
-                    named[n_named] = t;
-                    n_named += 1;
-                }
-            }
-        } else if is(name, "te") {
-            te_trailers_only &= tokens(h.value).all(|t| t.eq_ignore_ascii_case(b"trailers"));
         } else if is(name, TARGET_HOST_HEADER.as_str()) {
             target = target.or(Some(h.value));
         } else if is(name, SECRET_HEADER.as_str()) {
@@ -762,7 +825,7 @@ pub fn plan_request<'a>(
             rid = rid.or(Some(h.value));
         }
     }
-    let Some(host) = host.filter(|_| hosts == 1) else {
+    let Some(host) = host.filter(|_| hosts == 1 && !hop.upgrade) else {
         return HeadPlan::FullHandler;
     };
     if let Some(s) = &cfg.secret
@@ -782,7 +845,6 @@ pub fn plan_request<'a>(
     };
     // What of the body arrived with the head goes out with it; the rest is streamed.
     let in_buf = body.min(buf.len() - head_len);
-    let named = &named[..n_named];
 
     // The upstream request: what `rewrite_request_headers` produces, written directly.
     let req = out;
@@ -791,40 +853,18 @@ pub fn plan_request<'a>(
     req.push(b' ');
     req.extend_from_slice(target_uri.as_bytes());
     req.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut te_written = false;
-    for h in head.headers.iter() {
-        let name = h.name.as_bytes();
+    hop.copy_end_to_end(head.headers, req, |name, req| {
         // Host first: the proxy sets its own even when `Connection` names `Host`.
         if is(name, "host") {
             req.extend_from_slice(b"host: localhost:");
             push_u64(req, u64::from(tgt.port));
             req.extend_from_slice(b"\r\n");
-            continue;
+            return true;
         }
-        if named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        if is(name, "te") {
-            if te_trailers_only && !te_written {
-                req.extend_from_slice(b"te: trailers\r\n");
-                te_written = true;
-            }
-            continue;
-        }
-        if is(name, "connection")
-            || is(name, "keep-alive")
-            || is(name, "proxy-connection")
-            || is(name, TARGET_HOST_HEADER.as_str())
+        is(name, TARGET_HOST_HEADER.as_str())
             || is(name, SECRET_HEADER.as_str())
             || is(name, VIA_HEADER.as_str())
-        {
-            continue;
-        }
-        req.extend_from_slice(name);
-        req.extend_from_slice(b": ");
-        req.extend_from_slice(h.value);
-        req.extend_from_slice(b"\r\n");
-    }
+    });
     req.extend_from_slice(VIA_HEADER.as_str().as_bytes());
     req.extend_from_slice(b": ");
     req.extend_from_slice(host);
@@ -841,7 +881,7 @@ pub fn plan_request<'a>(
         request_id: rid,
         body_len,
         body_pending: (body - in_buf) as u64,
-        close,
+        close: hop.close,
     })
 }
 
@@ -1057,10 +1097,7 @@ fn response_head(buf: &[u8], head_method: bool, close_client: bool, out: &mut Ve
     }
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None;
-    let mut close = version == 0;
-    let mut named: [&[u8]; MAX_NAMED] = [b""; MAX_NAMED];
-    let mut n_named = 0;
-    let mut te_trailers_only = true;
+    let mut hop = Hop::new();
     let mut has_date = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
@@ -1075,20 +1112,8 @@ fn response_head(buf: &[u8], head_method: bool, close_client: bool, out: &mut Ve
                     .last()
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
-        } else if is(name, "connection") {
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
-                    if n_named == MAX_NAMED {
-                        return Head::Invalid;
-                    }
-                    named[n_named] = t;
-                    n_named += 1;
-                }
-            }
-        } else if is(name, "te") {
-            te_trailers_only &= tokens(h.value).all(|t| t.eq_ignore_ascii_case(b"trailers"));
+        } else if !hop.note(name, h.value) {
+            return Head::Invalid;
         } else if is(name, "date") {
             has_date = true;
         }
@@ -1103,7 +1128,6 @@ fn response_head(buf: &[u8], head_method: bool, close_client: bool, out: &mut Ve
             (None, None) => Framing::Close,
         }
     };
-    let named = &named[..n_named];
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
@@ -1119,33 +1143,10 @@ fn response_head(buf: &[u8], head_method: bool, close_client: bool, out: &mut Ve
         ),
     }
     out.extend_from_slice(b"\r\n");
-    let mut te_written = false;
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        if named.iter().any(|t| t.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        if is(name, "te") {
-            if te_trailers_only && !te_written {
-                out.extend_from_slice(b"te: trailers\r\n");
-                te_written = true;
-            }
-            continue;
-        }
-        if is(name, "connection")
-            || is(name, "keep-alive")
-            || is(name, "proxy-connection")
-            || is(name, "transfer-encoding")
-            || is(name, "upgrade")
-            || (is(name, "content-length") && te.is_some())
-        {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
-    }
+    // With both, Transfer-Encoding frames the body; the length is wrong and does not go on.
+    hop.copy_end_to_end(resp.headers, out, |name, _| {
+        is(name, "content-length") && te.is_some()
+    });
     if matches!(framing, Framing::Chunked | Framing::Close) {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -1161,7 +1162,7 @@ fn response_head(buf: &[u8], head_method: bool, close_client: bool, out: &mut Ve
     Head::Final(RespHead {
         status,
         framing,
-        persistent: !close,
+        persistent: version == 1 && !hop.close,
         len,
     })
 }

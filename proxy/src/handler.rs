@@ -111,26 +111,12 @@ pub(crate) async fn handle(
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
     let bytes_in = Arc::new(AtomicU64::new(0));
-    let mut record = RequestRecord {
-        request_id: shared.request_id(&req),
-        method: req.method().to_string(),
-        path: req.uri().path().to_string(),
-        target_header: req
-            .headers()
-            .get(&TARGET_HOST_HEADER)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        target_port: None,
-        target_form: None,
-        upstream_addr: None,
-        status: 0,
-        error: None,
-        upgraded: false,
-        head_duration: Default::default(),
-        duration: Default::default(),
-        bytes_in: 0,
-        bytes_out: 0,
-        completed: false,
-    };
+    let mut record = RequestRecord::new(
+        shared.request_id(&req),
+        req.method().as_str(),
+        req.uri().path(),
+        req.headers().get(&TARGET_HOST_HEADER).map(|v| v.as_bytes()),
+    );
     let upgrade = wants_upgrade(&req);
     let resp = match route(&shared, req, upgrade, &mut record, &bytes_in).await {
         Ok(resp) => resp,
@@ -213,7 +199,7 @@ async fn route(
         body_started.clone(),
     );
     // A template for one safe retry: idempotent method, no body.
-    let retry = (is_idempotent(&parts.method) && body_empty && !upgrade).then(|| {
+    let retry = (is_idempotent(parts.method.as_str()) && body_empty && !upgrade).then(|| {
         (
             parts.method.clone(),
             parts.uri.clone(),
@@ -262,10 +248,11 @@ fn response_head_len(resp: &Response<Incoming>) -> usize {
     fields + 17 + resp.status().canonical_reason().map_or(0, str::len)
 }
 
-fn is_idempotent(m: &Method) -> bool {
+/// Idempotent methods (RFC 9110 §9.2.2): only these may be sent again after a dead connection.
+pub(crate) fn is_idempotent(method: &str) -> bool {
     matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     )
 }
 

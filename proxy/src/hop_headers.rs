@@ -10,6 +10,23 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The fields that are hop-by-hop whatever `Connection` says (lower case).
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether a field name (any case) is one of [`HOP_BY_HOP`].
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.len() == name.len() && h.as_bytes().eq_ignore_ascii_case(name))
+}
+
 /// Whether the `Connection` header lists `token` (case-insensitive, on any `Connection` line).
 pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
@@ -25,20 +42,7 @@ pub fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names (no hashing) first: most messages carry none of these, or only
     // `Connection`, and each removal below is a hashed lookup.
-    let mut any = false;
-    for k in headers.keys() {
-        if k == header::CONNECTION
-            || k == header::TE
-            || k == header::TRANSFER_ENCODING
-            || k == header::UPGRADE
-            || k == KEEP_ALIVE
-            || k == PROXY_CONNECTION
-        {
-            any = true;
-            break;
-        }
-    }
-    if !any {
+    if !headers.keys().any(|k| is_hop_by_hop(k.as_str().as_bytes())) {
         if keep_upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }

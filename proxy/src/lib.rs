@@ -17,7 +17,6 @@ pub mod hop_headers;
 pub mod localhost;
 mod pool;
 pub mod responses;
-mod rewind;
 mod server;
 pub mod target_host;
 mod tunnel;

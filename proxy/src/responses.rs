@@ -65,10 +65,15 @@ pub(crate) fn empty() -> BoxBody {
     full(Bytes::new())
 }
 
+/// The body of every refusal: `{"error":"<code>"}`.
+pub(crate) fn error_body(err: ProxyError) -> String {
+    format!("{{\"error\":\"{}\"}}", err.code())
+}
+
 /// `{"error":"<code>"}` with `application/json` and an explicit length. With `close`, the
 /// connection is closed after the response (used for refused upgrades).
 pub fn json_error(err: ProxyError, close: bool) -> Response<BoxBody> {
-    let body = format!("{{\"error\":\"{}\"}}", err.code());
+    let body = error_body(err);
     let mut resp = Response::new(full(body.clone()));
     *resp.status_mut() = err.status();
     let h = resp.headers_mut();

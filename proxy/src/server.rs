@@ -1,14 +1,15 @@
 //! The accept loop and graceful shutdown: the single entry point the binary and the simulator use.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Cursor};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -16,7 +17,6 @@ use crate::config::ProxyConfig;
 use crate::fast::{FastConn, Next, Stop};
 use crate::handler::{Shared, handle};
 use crate::localhost::LocalConnector;
-use crate::rewind::Rewind;
 
 /// Most header fields accepted in an app's response head.
 const MAX_RESPONSE_HEADERS: usize = crate::fast::RESP_HEADERS;
@@ -130,7 +130,9 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mu
         }
         Next::Hyper(rest) => rest,
     };
-    let io = Rewind::new(rest, fast.into_stream());
+    // The bytes the fast path had read come first, then the socket.
+    let (read, write) = fast.into_stream().into_split();
+    let io = TokioIo::new(tokio::io::join(Cursor::new(rest).chain(read), write));
     let limits = &shared.cfg.limits;
     let mut builder = http1::Builder::new();
     builder

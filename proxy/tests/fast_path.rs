@@ -74,6 +74,16 @@ fn content_length(head: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Reads and discards until the peer closes (or the connection fails).
+async fn until_closed(s: &mut TcpStream) {
+    let mut rest = vec![0u8; 64 * 1024];
+    while let Ok(n) = s.read(&mut rest).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 async fn scripted_app() -> App {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -108,12 +118,7 @@ async fn scripted_app() -> App {
                                 b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n",
                             )
                             .await;
-                        let mut rest = vec![0u8; 65536];
-                        while let Ok(n) = s.read(&mut rest).await {
-                            if n == 0 {
-                                break;
-                            }
-                        }
+                        until_closed(&mut s).await;
                         hung_up.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
@@ -138,12 +143,7 @@ async fn scripted_app() -> App {
                     seen.lock().unwrap().push((head, body));
                     if path == "/hang" {
                         // Never answer; note when the proxy gives up on the connection.
-                        let mut rest = [0u8; 64];
-                        while let Ok(n) = s.read(&mut rest).await {
-                            if n == 0 {
-                                break;
-                            }
-                        }
+                        until_closed(&mut s).await;
                         hung_up.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
