@@ -37,7 +37,8 @@ use crate::chunked::ChunkedScanner;
 use crate::config::ProxyConfig;
 use crate::config::{SECRET_HEADER, TARGET_HOST_HEADER, VIA_HEADER};
 use crate::handler::{Shared, is_idempotent};
-use crate::hop_headers::is_hop_by_hop;
+use crate::hop_headers::{is_hop_by_hop, never_nominated};
+use crate::host::valid_host;
 use crate::localhost::connect_local;
 use crate::responses::{ProxyError, error_body};
 use crate::target_host::{TargetForm, parse_target_host_bytes};
@@ -58,6 +59,10 @@ const RELAY_READ: usize = 64 * 1024;
 /// Most `Connection` tokens naming other headers that are honoured in place; a message naming
 /// more goes to hyper (requests) or is refused (responses).
 const MAX_NAMED: usize = 8;
+
+/// The longest and the most a lingering close reads before closing.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 /// What the connection does after the fast path returns.
 pub(crate) enum Next {
@@ -117,11 +122,17 @@ impl Deadline {
         }
     }
 
-    /// Runs `fut` to completion, or returns `None` once `at` has passed.
-    pub(crate) async fn run<F: Future>(&mut self, at: Instant, fut: F) -> Option<F::Output> {
-        if at < self.armed {
-            self.sleep.as_mut().reset(at);
-            self.armed = at;
+    /// Runs `fut` to completion, or returns `None` once the deadline in `at` has passed. `fut` may
+    /// move the deadline later while it runs (progress on a request body does): it is read again
+    /// only when the timer fires, so moving it costs nothing.
+    pub(crate) async fn run<F: Future>(
+        &mut self,
+        at: &MovingDeadline,
+        fut: F,
+    ) -> Option<F::Output> {
+        if at.get() < self.armed {
+            self.sleep.as_mut().reset(at.get());
+            self.armed = at.get();
         }
         let mut fut = std::pin::pin!(fut);
         poll_fn(|cx| {
@@ -131,15 +142,42 @@ impl Deadline {
             loop {
                 match self.sleep.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(()) if self.armed >= at => return Poll::Ready(None),
+                    Poll::Ready(()) if self.armed >= at.get() => return Poll::Ready(None),
                     Poll::Ready(()) => {
-                        self.sleep.as_mut().reset(at);
-                        self.armed = at;
+                        self.sleep.as_mut().reset(at.get());
+                        self.armed = at.get();
                     }
                 }
             }
         })
         .await
+    }
+}
+
+/// A deadline that the future a [`Deadline`] waits on may move later (an atomic only so that the
+/// futures holding it stay `Send`: one task uses it).
+pub(crate) struct MovingDeadline {
+    base: Instant,
+    /// Nanoseconds after `base`.
+    after: std::sync::atomic::AtomicU64,
+}
+
+impl MovingDeadline {
+    pub(crate) fn new(at: Instant) -> MovingDeadline {
+        MovingDeadline {
+            base: at,
+            after: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self) -> Instant {
+        self.base + std::time::Duration::from_nanos(self.after.load(Ordering::Relaxed))
+    }
+
+    fn set(&self, at: Instant) {
+        let after = at.saturating_duration_since(self.base).as_nanos();
+        self.after
+            .store(u64::try_from(after).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
@@ -180,7 +218,11 @@ impl<'a> Hop<'a> {
                     self.close = true;
                 } else if t.eq_ignore_ascii_case(b"upgrade") {
                     self.upgrade = true;
-                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") {
+                } else if !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    // Framing is decided first: a nomination of a framing field is ignored.
+                    && !never_nominated(t)
+                {
                     if self.n_named == MAX_NAMED {
                         return false;
                     }
@@ -290,6 +332,8 @@ pub(crate) struct FastConn {
     /// The response head (and first body bytes) being written to the client.
     out: Vec<u8>,
     deadline: Deadline,
+    /// The connection ends with part of a request body unread: close it lingering.
+    linger: bool,
 }
 
 fn is(name: &[u8], lower: &str) -> bool {
@@ -349,12 +393,29 @@ impl FastConn {
             ubuf: Vec::new(),
             out: Vec::new(),
             deadline,
+            linger: false,
         }
     }
 
-    /// Ends the client connection's write side (the stream is closed when dropped).
+    /// Ends the client connection's write side (the stream is closed when dropped). When the
+    /// client may still be sending a request body the proxy did not read, the rest is read and
+    /// discarded for a while first (nginx's lingering close): closing a socket with unread data
+    /// sends a reset, which can destroy the answer before the client has read it.
     pub(crate) async fn shutdown(&mut self) {
         let _ = self.client.shutdown().await;
+        if self.linger {
+            let mut sink = [0u8; 4096];
+            let mut left = LINGER_BYTES;
+            let _ = tokio::time::timeout(LINGER_TIME, async {
+                while left > 0 {
+                    match self.client.read(&mut sink).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            })
+            .await;
+        }
     }
 
     /// The client stream, for hyper to continue with.
@@ -399,7 +460,7 @@ impl FastConn {
                     ..
                 } = self;
                 let read = deadline
-                    .run(at, async {
+                    .run(&MovingDeadline::new(at), async {
                         tokio::select! {
                             biased;
                             _ = &mut *stop, if idle => None,
@@ -468,7 +529,9 @@ impl FastConn {
         self.cpos += plan.consumed;
         let shared = self.shared.clone();
         let limits = &shared.cfg.limits;
-        let at = Instant::from_std(started) + limits.upstream_head_timeout;
+        // The app has `upstream_head_timeout` to answer from the last byte of the request sent to
+        // it: a streamed body moves this deadline on as it goes.
+        let at = MovingDeadline::new(Instant::from_std(started) + limits.upstream_head_timeout);
         let close = plan.close || shared.stopping.load(Ordering::Relaxed);
         let streaming = plan.body_pending > 0;
         let mut fresh = false;
@@ -493,7 +556,9 @@ impl FastConn {
                 req,
                 ubuf,
                 out,
-                streaming.then_some((&*client, plan.body_pending)),
+                &*client,
+                plan.body_pending,
+                &at,
             );
             let head_cap = limits.max_request_head_bytes;
             let watched = async {
@@ -504,7 +569,7 @@ impl FastConn {
                     () = client_gone(client, cbuf, head_cap), if !streaming => None,
                 }
             };
-            match deadline.run(at, watched).await {
+            match deadline.run(&at, watched).await {
                 None => break Err((ProxyError::UpstreamTimeout, None)),
                 Some(None) | Some(Some(Err(Exchange::ClientGone))) => {
                     // The client left before the answer: drop the upstream request, as hyper
@@ -530,7 +595,11 @@ impl FastConn {
                 if let Some(log) = plan.log.as_mut() {
                     log.upstream_addr = addr;
                 }
-                return self.refuse(e, plan, started, close).await;
+                // Part of the body may still be on its way from the client: never read it as the
+                // next request. The answer says `connection: close`, and the connection closes
+                // after a lingering read.
+                self.linger |= streaming;
+                return self.refuse(e, plan, started, close || streaming).await;
             }
         };
         let framing = head.framing;
@@ -543,6 +612,7 @@ impl FastConn {
         // An app that answered before taking the whole body: neither connection is in a known
         // state afterwards (the rest of the body is still on its way), so both close.
         let whole_body_sent = unsent == 0;
+        self.linger |= !whole_body_sent;
         let body = self.relay_body(
             framing,
             head.len,
@@ -792,6 +862,7 @@ pub fn plan_request<'a>(
     let mut host: Option<&[u8]> = None;
     let mut hosts = 0;
     let mut target: Option<&[u8]> = None;
+    let mut targets = 0;
     let mut secret: Option<&[u8]> = None;
     let mut rid: Option<&[u8]> = None;
     let mut body_len: Option<u64> = None;
@@ -817,7 +888,8 @@ pub fn plan_request<'a>(
         {
             return HeadPlan::FullHandler;
         } else if is(name, TARGET_HOST_HEADER.as_str()) {
-            target = target.or(Some(h.value));
+            targets += 1;
+            target = Some(h.value);
         } else if is(name, SECRET_HEADER.as_str()) {
             secret = secret.or(Some(h.value));
         }
@@ -825,9 +897,13 @@ pub fn plan_request<'a>(
             rid = rid.or(Some(h.value));
         }
     }
-    let Some(host) = host.filter(|_| hosts == 1 && !hop.upgrade) else {
+    // One valid Host and at most one target header, or the full handler refuses (400).
+    let Some(host) = host.filter(|h| hosts == 1 && !hop.upgrade && valid_host(h)) else {
         return HeadPlan::FullHandler;
     };
+    if targets > 1 {
+        return HeadPlan::FullHandler;
+    }
     if let Some(s) = &cfg.secret
         && !secret.is_some_and(|p| s.matches(p))
     {
@@ -916,16 +992,20 @@ struct Attempt {
     close: bool,
 }
 
-/// Sends the request in `req` to the app (a pooled connection unless `fresh`) and reads the
-/// response head into `ubuf`, skipping interim (1xx) responses; writes the client's response
-/// head into `out`.
+/// Sends the request in `req` to the app (a pooled connection unless `fresh`), then the `pending`
+/// rest of its body from `client`, and reads the response head into `ubuf`, passing interim (1xx)
+/// responses on to the client; writes the client's response head into `out`. Progress on the body
+/// moves the head deadline in `progress` on.
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     shared: &Shared,
     at: Attempt,
     req: &[u8],
     ubuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
-    body: Option<(&TcpStream, u64)>,
+    client: &TcpStream,
+    pending: u64,
+    progress: &MovingDeadline,
 ) -> Result<(TcpStream, SocketAddr, RespHead, u64), Exchange> {
     let limits = &shared.cfg.limits;
     let port = at.port;
@@ -965,11 +1045,19 @@ async fn exchange(
         return Err(lost(Some(&e)));
     }
     ubuf.clear();
-    let unsent = match body {
-        Some((client, pending)) => stream_body(client, &up, pending, ubuf)
+    let unsent = if pending > 0 {
+        let body = BodyStream {
+            client,
+            up: &up,
+            progress,
+            head_timeout: limits.upstream_head_timeout,
+            head_limit: limits.max_response_head_bytes,
+        };
+        body.run(pending, ubuf, out)
             .await
-            .map_err(|e| e.unwrap_or(Exchange::Failed(Some(addr))))?,
-        None => 0,
+            .map_err(|e| e.unwrap_or(Exchange::Failed(Some(addr))))?
+    } else {
+        0
     };
     let close = at.close || unsent > 0;
     let mut start = 0;
@@ -979,7 +1067,12 @@ async fn exchange(
                 match response_head(&ubuf[start..], at.head_method, close, out) {
                     Head::Partial => break,
                     Head::Invalid => return Err(failed),
-                    Head::Interim(n) => start += n,
+                    Head::Interim(n) => {
+                        write_to(client, out)
+                            .await
+                            .map_err(|_| Exchange::ClientGone)?;
+                        start += n;
+                    }
                     Head::Final(head) => {
                         if head.len > limits.max_response_head_bytes {
                             tracing::debug!(port, "response head too large");
@@ -1010,56 +1103,114 @@ async fn exchange(
     }
 }
 
-/// Copies the `pending` rest of a request body from the client to the app through one 16 KiB
-/// buffer, while watching the app: if it starts answering first, stops and returns how many body
-/// bytes were not sent (the answer's first bytes are then in `ubuf`). `Err(None)` is an upstream
-/// failure, `Err(Some(ClientGone))` the client leaving part-way.
-async fn stream_body(
-    client: &TcpStream,
-    up: &TcpStream,
-    mut pending: u64,
-    ubuf: &mut Vec<u8>,
-) -> Result<u64, Option<Exchange>> {
-    let mut chunk = vec![0u8; BODY_CHUNK];
-    let (mut lo, mut hi) = (0usize, 0usize);
-    while pending > 0 || lo < hi {
-        tokio::select! {
-            biased;
-            r = up.readable() => {
-                r.map_err(|_| None)?;
-                ubuf.reserve(FIRST_READ);
-                match up.try_read_buf(ubuf) {
-                    // The app answers (or gives up) before the whole body is sent.
-                    Ok(0) => return Err(None),
-                    Ok(_) => return Ok(pending + (hi - lo) as u64),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(None),
-                }
-            }
-            r = client.readable(), if lo == hi => {
-                r.map_err(|_| Some(Exchange::ClientGone))?;
-                let want = usize::try_from(pending).unwrap_or(usize::MAX).min(chunk.len());
-                match client.try_read(&mut chunk[..want]) {
-                    Ok(0) => return Err(Some(Exchange::ClientGone)),
-                    Ok(n) => {
-                        (lo, hi) = (0, n);
-                        pending -= n as u64;
+/// Writes all of `buf` to a stream that another future may be reading from at the same time.
+async fn write_to(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        s.writable().await?;
+        match s.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A request body being copied from the client to the app after its head.
+struct BodyStream<'a> {
+    client: &'a TcpStream,
+    up: &'a TcpStream,
+    /// The app's head deadline: `head_timeout` after the last body byte it took.
+    progress: &'a MovingDeadline,
+    head_timeout: std::time::Duration,
+    head_limit: usize,
+}
+
+impl BodyStream<'_> {
+    /// Copies the `pending` rest of the body through one 16 KiB buffer, while watching the app.
+    /// Interim responses (`103 Early Hints`, an unprompted `100`) are passed on to the client and
+    /// the body goes on; the start of any other response is the app answering early: the copy
+    /// stops and returns how many body bytes were not sent (the answer's first bytes are then in
+    /// `ubuf`). `Err(None)` is an upstream failure, `Err(Some(ClientGone))` the client leaving.
+    async fn run(
+        &self,
+        mut pending: u64,
+        ubuf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<u64, Option<Exchange>> {
+        let (client, up) = (self.client, self.up);
+        let mut chunk = vec![0u8; BODY_CHUNK];
+        let (mut lo, mut hi) = (0usize, 0usize);
+        while pending > 0 || lo < hi {
+            tokio::select! {
+                biased;
+                r = up.readable() => {
+                    r.map_err(|_| None)?;
+                    ubuf.reserve(FIRST_READ);
+                    match up.try_read_buf(ubuf) {
+                        // The app gives up before the whole body is sent.
+                        Ok(0) => return Err(None),
+                        Ok(_) => {
+                            if self.pass_interims(ubuf, out).await? || ubuf.len() > self.head_limit {
+                                return Ok(pending + (hi - lo) as u64);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(None),
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(Some(Exchange::ClientGone)),
                 }
-            }
-            r = up.writable(), if lo < hi => {
-                r.map_err(|_| None)?;
-                match up.try_write(&chunk[lo..hi]) {
-                    Ok(n) => lo += n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Err(None),
+                r = client.readable(), if lo == hi => {
+                    r.map_err(|_| Some(Exchange::ClientGone))?;
+                    let want = usize::try_from(pending).unwrap_or(usize::MAX).min(chunk.len());
+                    match client.try_read(&mut chunk[..want]) {
+                        Ok(0) => return Err(Some(Exchange::ClientGone)),
+                        Ok(n) => {
+                            (lo, hi) = (0, n);
+                            pending -= n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(Some(Exchange::ClientGone)),
+                    }
+                }
+                r = up.writable(), if lo < hi => {
+                    r.map_err(|_| None)?;
+                    match up.try_write(&chunk[lo..hi]) {
+                        Ok(n) => {
+                            lo += n;
+                            self.progress.set(Instant::now() + self.head_timeout);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Err(None),
+                    }
                 }
             }
         }
+        Ok(0)
     }
-    Ok(0)
+
+    /// Passes the complete interim responses at the start of `ubuf` on to the client and removes
+    /// them; `true` when what follows is the start of a final (or invalid) response.
+    async fn pass_interims(
+        &self,
+        ubuf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, Option<Exchange>> {
+        let mut start = 0;
+        let answered = loop {
+            match response_head(&ubuf[start..], false, false, out) {
+                Head::Interim(n) => {
+                    write_to(self.client, out)
+                        .await
+                        .map_err(|_| Some(Exchange::ClientGone))?;
+                    start += n;
+                }
+                Head::Partial => break false,
+                Head::Final(_) | Head::Invalid => break true,
+            }
+        };
+        ubuf.drain(..start);
+        Ok(answered)
+    }
 }
 
 enum Head {
@@ -1092,9 +1243,6 @@ fn response_head(buf: &[u8], head_method: bool, close_client: bool, out: &mut Ve
         // Never asked for (upgrades go through hyper).
         return Head::Invalid;
     }
-    if (100..200).contains(&status) {
-        return Head::Interim(len);
-    }
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None;
     let mut hop = Hop::new();
@@ -1118,6 +1266,13 @@ fn response_head(buf: &[u8], head_method: bool, close_client: bool, out: &mut Ve
             has_date = true;
         }
     }
+    if (100..200).contains(&status) {
+        // Passed on as it came, without hop-by-hop and framing fields (a 1xx has no body).
+        status_line(out, status, resp.reason);
+        hop.copy_end_to_end(resp.headers, out, |name, _| is(name, "content-length"));
+        out.extend_from_slice(b"\r\n");
+        return Head::Interim(len);
+    }
     let framing = if head_method || status == 204 || status == 304 {
         Framing::None
     } else {
@@ -1128,24 +1283,12 @@ fn response_head(buf: &[u8], head_method: bool, close_client: bool, out: &mut Ve
             (None, None) => Framing::Close,
         }
     };
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, u64::from(status));
-    out.push(b' ');
-    match resp.reason.filter(|r| !r.is_empty()) {
-        Some(r) => out.extend_from_slice(r.as_bytes()),
-        None => out.extend_from_slice(
-            http::StatusCode::from_u16(status)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("")
-                .as_bytes(),
-        ),
-    }
-    out.extend_from_slice(b"\r\n");
+    status_line(out, status, resp.reason);
     // With both, Transfer-Encoding frames the body; the length is wrong and does not go on.
+    // A repeated identical length goes on once.
+    let mut length_sent = false;
     hop.copy_end_to_end(resp.headers, out, |name, _| {
-        is(name, "content-length") && te.is_some()
+        is(name, "content-length") && (te.is_some() || std::mem::replace(&mut length_sent, true))
     });
     if matches!(framing, Framing::Chunked | Framing::Close) {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -1165,4 +1308,24 @@ fn response_head(buf: &[u8], head_method: bool, close_client: bool, out: &mut Ve
         persistent: version == 1 && !hop.close,
         len,
     })
+}
+
+/// Starts `out` with the status line `HTTP/1.1 <status> <reason>`: the app's reason phrase, or the
+/// canonical one when it sent none.
+fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    match reason.filter(|r| !r.is_empty()) {
+        Some(r) => out.extend_from_slice(r.as_bytes()),
+        None => out.extend_from_slice(
+            http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("")
+                .as_bytes(),
+        ),
+    }
+    out.extend_from_slice(b"\r\n");
 }

@@ -13,12 +13,14 @@ use hyper_util::rt::TokioIo;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
 use crate::config::{ProxyConfig, SECRET_HEADER, TARGET_HOST_HEADER, VIA_HEADER};
+use crate::guard::EndFlag;
 use crate::hop_headers::{connection_has_token, strip_hop_by_hop};
+use crate::host::valid_host;
 use crate::localhost::{LocalConnector, UpstreamAddr, connect_local};
 use crate::responses::{BoxBody, ProxyError, empty, health, json_error};
 use crate::target_host::{Target, TargetHostError, parse_target_host_bytes};
 use crate::tunnel::Tunnels;
-use crate::upstream_body::{ClientBody, UpstreamBody};
+use crate::upstream_body::{ClientBody, Progress, UpstreamBody, with_head_timeout};
 
 pub(crate) type ProxyBody = LoggedBody<BoxBody>;
 
@@ -86,6 +88,13 @@ impl Shared {
     }
 }
 
+/// Whether a request mentions an upgrade at all (an `Upgrade` field or a `Connection: upgrade`
+/// option), honoured or not: such a request is the last one read on its connection unless the app
+/// switches protocols.
+fn asks_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(header::UPGRADE) || connection_has_token(req.headers(), "upgrade")
+}
+
 /// Whether a request asks to switch protocols. `h2c` is never honoured: an `Upgrade: h2c` request
 /// is forwarded as a plain HTTP/1.1 request with the upgrade stripped (no request smuggling
 /// through a tunnel the proxy cannot see into).
@@ -105,9 +114,12 @@ fn wants_upgrade(req: &Request<Incoming>) -> bool {
     }
 }
 
+/// Serves one request of a connection the fast path handed over. `ends` is set by the framing
+/// guard when it has stopped passing requests: the answer then closes the connection.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
+    ends: EndFlag,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
     let start = Instant::now();
     let bytes_in = Arc::new(AtomicU64::new(0));
@@ -118,14 +130,27 @@ pub(crate) async fn handle(
         req.headers().get(&TARGET_HOST_HEADER).map(|v| v.as_bytes()),
     );
     let upgrade = wants_upgrade(&req);
-    let resp = match route(&shared, req, upgrade, &mut record, &bytes_in).await {
-        Ok(resp) => resp,
+    let asks_upgrade = asks_upgrade(&req);
+    let mut resp = match route(&shared, req, upgrade, &mut record, &bytes_in).await {
+        Ok(mut resp) => {
+            if asks_upgrade && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                // An upgrade that did not happen ends the connection: what the client sends next
+                // may already be the new protocol, and the framing guard has stopped reading
+                // requests (`guard.rs`).
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
         Err(err) => {
             record.error = Some(err.code());
-            // A refused upgrade closes the connection: the client may already speak the new protocol.
-            json_error(err, upgrade)
+            json_error(err, asks_upgrade)
         }
     };
+    if ends.load(Ordering::Relaxed) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     record.status = resp.status().as_u16();
     record.head_duration = start.elapsed();
     let pending = PendingLog {
@@ -156,6 +181,11 @@ async fn route(
     if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
         return Err(ProxyError::InvalidRequest);
     }
+    if let Some(host) = req.headers().get(header::HOST)
+        && !valid_host(host.as_bytes())
+    {
+        return Err(ProxyError::InvalidRequest);
+    }
     if req.headers().contains_key(header::TRANSFER_ENCODING)
         && req.headers().contains_key(header::CONTENT_LENGTH)
     {
@@ -166,6 +196,16 @@ async fn route(
         if !presented.is_some_and(|p| secret.matches(p)) {
             return Err(ProxyError::Unauthorized);
         }
+    }
+    if req
+        .headers()
+        .get_all(&TARGET_HOST_HEADER)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // Two target headers: which one a hop before us read is unknowable.
+        return Err(ProxyError::InvalidTargetHost);
     }
     let target =
         parse_target_host_bytes(req.headers().get(&TARGET_HOST_HEADER).map(|v| v.as_bytes()))
@@ -192,11 +232,13 @@ async fn route(
     let client_errored = Arc::new(AtomicBool::new(false));
     let body_started = Arc::new(AtomicBool::new(false));
     let body_empty = hyper::body::Body::is_end_stream(&body);
+    let progress = Arc::new(Progress::new());
     let mut client_body = ClientBody::new(
         body,
         bytes_in.clone(),
         client_errored.clone(),
         body_started.clone(),
+        progress.clone(),
     );
     // A template for one safe retry: idempotent method, no body.
     let retry = (is_idempotent(parts.method.as_str()) && body_empty && !upgrade).then(|| {
@@ -223,9 +265,19 @@ async fn route(
     }
 
     let mut resp = match client_upgrade {
-        None => forward(shared, upstream_req, retry, &client_errored, record).await?,
+        None => {
+            forward(
+                shared,
+                upstream_req,
+                retry,
+                &client_errored,
+                &progress,
+                record,
+            )
+            .await?
+        }
         Some(client_upgrade) => {
-            upgrade_forward(shared, upstream_req, client_upgrade, record).await?
+            upgrade_forward(shared, upstream_req, client_upgrade, &progress, record).await?
         }
     };
     if expects_continue && !body_empty && !body_started.load(Ordering::Relaxed) {
@@ -337,10 +389,11 @@ async fn forward(
     req: Request<UpstreamBody>,
     retry: Option<RetryTemplate>,
     client_errored: &AtomicBool,
+    progress: &Progress,
     record: &mut RequestRecord,
 ) -> Result<Response<BoxBody>, ProxyError> {
     let head_timeout = shared.cfg.limits.upstream_head_timeout;
-    let mut attempt = tokio::time::timeout(head_timeout, shared.client.request(req)).await;
+    let mut attempt = with_head_timeout(head_timeout, progress, shared.client.request(req)).await;
     if let (Ok(Err(e)), Some((method, uri, headers))) = (&attempt, retry)
         && stale_connection(e)
     {
@@ -349,11 +402,16 @@ async fn forward(
         *again.method_mut() = method;
         *again.uri_mut() = uri;
         *again.headers_mut() = headers;
-        attempt = tokio::time::timeout(head_timeout, shared.client.request(again)).await;
+        attempt = with_head_timeout(head_timeout, progress, shared.client.request(again)).await;
     }
     match attempt {
         Ok(Ok(resp)) => {
             record.upstream_addr = resp.extensions().get::<UpstreamAddr>().map(|a| a.0);
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // Nobody asked for it (upgrades go to `upgrade_forward`).
+                tracing::debug!(request_id = %record.request_id, "101 to a request without an upgrade");
+                return Err(ProxyError::ProxyError);
+            }
             if response_head_len(&resp) > shared.cfg.limits.max_response_head_bytes {
                 tracing::debug!(request_id = %record.request_id, "response head too large");
                 return Err(ProxyError::ProxyError);
@@ -379,6 +437,7 @@ async fn upgrade_forward(
     shared: &Shared,
     req: Request<UpstreamBody>,
     client_upgrade: hyper::upgrade::OnUpgrade,
+    progress: &Progress,
     record: &mut RequestRecord,
 ) -> Result<Response<BoxBody>, ProxyError> {
     let port = req.uri().port_u16().ok_or(ProxyError::InvalidRequest)?;
@@ -406,8 +465,9 @@ async fn upgrade_forward(
         .path_and_query()
         .map(|pq| Uri::from(pq.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
-    let mut resp = tokio::time::timeout(
+    let mut resp = with_head_timeout(
         shared.cfg.limits.upstream_head_timeout,
+        progress,
         sender.send_request(Request::from_parts(parts, body)),
     )
     .await

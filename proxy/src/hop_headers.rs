@@ -4,6 +4,11 @@
 //! `Proxy-Connection`, `TE` (unless it is exactly a `trailers` request), `Transfer-Encoding`, and
 //! `Upgrade` (unless the caller is forwarding an upgrade). This runs *before* the proxy adds its own
 //! headers, so a client that names `X-Iterate-Proxy-Via` in `Connection` cannot strip it.
+//!
+//! A message's framing is decided before, and independently of, this removal: `Connection` never
+//! removes `Content-Length`, `Transfer-Encoding` or `Host` ([`never_nominated`]). A nomination of
+//! one of them is ignored (RFC 9110 §7.6.1 forbids sending it; honouring it would forward a body
+//! without the field that delimits it, and the next hop would read the body as the next request).
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -19,6 +24,18 @@ const HOP_BY_HOP: [&str; 6] = [
     "transfer-encoding",
     "upgrade",
 ];
+
+/// The fields a `Connection` option never removes: they frame the message (or, for `Host`, say
+/// what it is for). `Transfer-Encoding` is hop-by-hop anyway and is set again by whoever frames
+/// the body on the next hop.
+const NEVER_NOMINATED: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
+/// Whether `Connection` naming this field (any case) is ignored.
+pub(crate) fn never_nominated(name: &[u8]) -> bool {
+    NEVER_NOMINATED
+        .iter()
+        .any(|h| h.len() == name.len() && h.as_bytes().eq_ignore_ascii_case(name))
+}
 
 /// Whether a field name (any case) is one of [`HOP_BY_HOP`].
 pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
@@ -54,7 +71,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !never_nominated(t.as_bytes()))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             if keep_upgrade && name == header::UPGRADE {
@@ -124,6 +143,23 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
         assert_eq!(names, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn framing_fields_are_never_removed_by_nomination() {
+        let mut h = map(&[
+            (
+                "connection",
+                "Content-Length, host, transfer-encoding, x-foo",
+            ),
+            ("content-length", "5"),
+            ("host", "a"),
+            ("x-foo", "1"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        names.sort();
+        assert_eq!(names, vec!["content-length", "host"]);
     }
 
     #[test]

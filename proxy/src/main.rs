@@ -166,14 +166,21 @@ fn load_secret(args: &Args) -> anyhow::Result<Option<Secret>> {
 
 /// Installs the SIGTERM/SIGINT handlers now (before the proxy says it is listening, so a signal
 /// sent right after that is never lost) and returns the future that resolves on either.
+///
+/// SIGHUP is caught and ignored (logged): the proxy has no configuration to reload, and a hang-up
+/// (a closed terminal or session, a supervisor's reload signal) must not cut requests in flight.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => return tracing::info!("SIGTERM received"),
+                _ = int.recv() => return tracing::info!("SIGINT received"),
+                _ = hup.recv() => tracing::info!("SIGHUP received: ignored (nothing to reload)"),
+            }
         }
     })
 }

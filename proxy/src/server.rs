@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::config::ProxyConfig;
 use crate::fast::{FastConn, Next, Stop};
+use crate::guard::{EndFlag, FramingGuard};
 use crate::handler::{Shared, handle};
 use crate::localhost::LocalConnector;
 
@@ -130,10 +131,17 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mu
         }
         Next::Hyper(rest) => rest,
     };
-    // The bytes the fast path had read come first, then the socket.
-    let (read, write) = fast.into_stream().into_split();
-    let io = TokioIo::new(tokio::io::join(Cursor::new(rest).chain(read), write));
+    // The bytes the fast path had read come first, then the socket; hyper reads them through the
+    // framing guard.
     let limits = &shared.cfg.limits;
+    let (read, write) = fast.into_stream().into_split();
+    let ends = EndFlag::default();
+    let read = FramingGuard::new(
+        Cursor::new(rest).chain(read),
+        limits.max_request_head_bytes,
+        ends.clone(),
+    );
+    let io = TokioIo::new(tokio::io::join(read, write));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -145,7 +153,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mu
         .keep_alive(true);
     let service = {
         let shared = shared.clone();
-        service_fn(move |req| handle(shared.clone(), req))
+        service_fn(move |req| handle(shared.clone(), req, ends.clone()))
     };
     let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);

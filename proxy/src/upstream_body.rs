@@ -12,6 +12,51 @@ use bytes::Bytes;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+/// When the last request body bytes were handed to the upstream connection: the app's head
+/// timeout counts from then (see [`with_head_timeout`]).
+#[derive(Debug)]
+pub(crate) struct Progress {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start`.
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    pub(crate) fn new() -> Self {
+        Progress {
+            start: tokio::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs `fut` (sending a request and waiting for the response head) with `timeout` counted from
+/// the last body bytes sent, as nginx's `proxy_read_timeout` counts: an upload longer than the
+/// timeout is not cut, an app silent for `timeout` after it is. `Err(())` when it passed.
+pub(crate) async fn with_head_timeout<F: Future>(
+    timeout: Duration,
+    progress: &Progress,
+    fut: F,
+) -> Result<F::Output, ()> {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match tokio::time::timeout_at(progress.last() + timeout, &mut fut).await {
+            Ok(v) => return Ok(v),
+            Err(_) if progress.last() + timeout <= tokio::time::Instant::now() => return Err(()),
+            Err(_) => {}
+        }
+    }
+}
+
 /// What the upstream client sends: the client's body, or nothing (a retried body-less request).
 pub(crate) type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 
@@ -24,6 +69,7 @@ pin_project_lite::pin_project! {
         inner: Incoming,
         counter: Arc<AtomicU64>,
         errored: Arc<AtomicBool>,
+        progress: Arc<Progress>,
         gate: Option<Gate>,
         aborted: bool,
         started: Arc<AtomicBool>,
@@ -36,11 +82,13 @@ impl ClientBody {
         counter: Arc<AtomicU64>,
         errored: Arc<AtomicBool>,
         started: Arc<AtomicBool>,
+        progress: Arc<Progress>,
     ) -> Self {
         ClientBody {
             inner,
             counter,
             errored,
+            progress,
             gate: None,
             aborted: false,
             started,
@@ -94,6 +142,7 @@ impl Body for ClientBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    this.progress.mark();
                 }
             }
             Poll::Ready(Some(Err(_))) => this.errored.store(true, Ordering::Relaxed),

@@ -274,6 +274,44 @@ async fn sigterm_drains_in_flight_then_exits_zero() {
     assert_eq!(p.wait_exit(Duration::from_secs(10)).await, 0);
 }
 
+/// SIGHUP is ignored (logged): a request in flight completes, the proxy goes on serving, and only
+/// SIGTERM stops it.
+#[tokio::test]
+async fn sighup_is_ignored_and_cuts_nothing() {
+    let (app, ctl) = start_app().await;
+    let mut p = spawn(&[], &[]).await;
+    let addr = p.addr;
+    let t = format!("localhost:{}", app.port());
+    let t2 = t.clone();
+    let inflight = tokio::spawn(async move { send(addr, get("/slow", "h", Some(&t2))).await });
+    wait_until(Duration::from_secs(5), "request at app", || {
+        ctl.connections.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    p.signal(libc::SIGHUP);
+    let logs = p.logs.clone();
+    wait_until(Duration::from_secs(5), "the SIGHUP log line", || {
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("SIGHUP received"))
+    })
+    .await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "SIGHUP killed the proxy"
+    );
+    ctl.slow_release.notify_one();
+    let resp = inflight.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_string(resp).await, "slow done");
+    // Still serving new connections.
+    let resp = send(addr, get("/after-hup", "h", Some(&t))).await;
+    assert_eq!(resp.status(), 200);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).await, 0);
+}
+
 #[tokio::test]
 async fn sigterm_drain_deadline_cuts_stalled_requests_and_exits_zero() {
     let (app, ctl) = start_app().await;

@@ -266,11 +266,12 @@ async fn response_framings_reach_the_client_intact() {
     assert!(!head_has_name(&r, "content-length"), "{r}");
     assert_eq!(body_of(&r), "2\r\nok\r\n0\r\n\r\n");
 
-    // Interim 103 skipped; the final response follows.
+    // An interim 103 is passed on (RFC 9110 §15.2), then the final response.
     let r = exchange_raw(p.addr, get("/103").as_bytes()).await;
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
-    assert!(!r.contains("103"), "{r}");
-    assert_eq!(body_of(&r), "ok");
+    let (interim, last) = r.split_once("\r\n\r\n").unwrap_or_default();
+    assert_eq!(interim, "HTTP/1.1 103 Early Hints\r\nLink: </a>", "{r}");
+    assert!(last.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert_eq!(body_of(last), "ok");
 
     // No body: HEAD (its length kept), 204.
     let head = format!("HEAD /head HTTP/1.1\r\nHost: h\r\n{TARGET}Connection: close\r\n\r\n");
