@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use sim::client;
 use sim::trace::Event;
-use sim::world::{MachineState, ProviderKind};
+use sim::model::{MachineState, ProviderKind};
 use sim::{Fault, World, WorldSpec};
 use tokio_tungstenite::tungstenite::Message;
 
