@@ -21,12 +21,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::model::{AppFault, AppKind, AppSpec, Bind};
 use crate::net::{
     BoxBody, BoxError, Handler, bind_handover, full, json_response, reserve_port, serve_http,
     text_response,
 };
 use crate::trace::{AppEvent, Event, TRACE_HEADER, TraceStore, is_hidden_header};
-use crate::model::{AppFault, AppKind, AppSpec, Bind};
 
 /// Runtime state of one app.
 pub struct App {
@@ -492,7 +492,7 @@ fn reset_mid_body() -> Response<BoxBody> {
 #[cfg(test)]
 mod twin_tests {
     use super::*;
-    use crate::model::{AppFault, AppKind, AppSpec, Bind};
+    use crate::model::{AppKind, AppSpec, Bind};
 
     #[tokio::test]
     async fn ipv6_only_app_holds_its_port_on_127_0_0_1_refusing() {

@@ -127,11 +127,8 @@ pub async fn handle(
                 }
             }
             let limit = ctx.origin_timeout;
-            match tokio::time::timeout(
-                limit,
-                ctx.net.send(Request::from_parts(parts, boxed(body))),
-            )
-            .await
+            match tokio::time::timeout(limit, ctx.net.send(Request::from_parts(parts, boxed(body))))
+                .await
             {
                 Err(_) => {
                     ev.decision = format!(

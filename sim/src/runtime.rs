@@ -152,10 +152,7 @@ impl World {
         net.add_exact(ENGINE_HOST, docker_engine);
         net.add_suffix(FLY_BASE_DOMAIN, fly_edge);
         net.add_suffix(DAYTONA_PROXY_DOMAIN, daytona_proxy);
-        let platform = Arc::new(Platform::new(
-            spec.projects.clone(),
-            spec.machines.clone(),
-        ));
+        let platform = Arc::new(Platform::new(spec.projects.clone(), spec.machines.clone()));
         let endpoint = |kind, addr| Endpoint::new(kind, addr, net.clone(), trace.clone());
         let docker = Arc::new(DockerEngine::new(
             endpoint(ProviderKind::Docker, docker_engine),

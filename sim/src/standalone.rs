@@ -22,9 +22,9 @@ use tokio::sync::{Mutex, watch};
 
 use crate::apps::App;
 use crate::machine::upstream_label;
+use crate::model::{Fault, FaultOwner, MachineFault, MachineSpec};
 use crate::net::{BoxBody, json_response, serve_http};
 use crate::trace::{Event, MachineEvent, TRACE_HEADER, TraceStore};
-use crate::model::{Fault, FaultOwner, MachineFault, MachineSpec};
 
 /// The access-log target of the proxy binary's request lines.
 const ACCESS_TARGET: &str = "project_ingress_proxy::access";

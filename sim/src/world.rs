@@ -251,6 +251,23 @@ apps = [{ port = 3000, kind = "echo" }, { port = 4096, kind = "sse", gated = tru
     }
 
     #[test]
+    fn router_generation_is_read_and_checked() {
+        let w = WorldSpec::parse(MINI, Path::new("w.toml")).unwrap();
+        assert_eq!(w.router, Generation::V0, "the default");
+        let v0 = MINI.replace("name = \"mini\"", "name = \"mini\"\nrouter = \"v0\"");
+        let w = WorldSpec::parse(&v0, Path::new("w.toml")).unwrap();
+        assert_eq!(w.router.as_str(), "v0");
+        let bad = MINI.replace("name = \"mini\"", "name = \"mini\"\nrouter = \"v9\"");
+        let e = WorldSpec::parse(&bad, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "w.toml:3:10: unknown router generation \"v9\": the known ones are v0"
+        );
+    }
+
+    #[test]
     fn missing_file_is_named() {
         let e = WorldSpec::load(Path::new("/nonexistent/w.toml"))
             .unwrap_err()

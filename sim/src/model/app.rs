@@ -173,4 +173,3 @@ impl TryFrom<RawApp> for AppSpec {
         })
     }
 }
-

@@ -53,11 +53,20 @@ pub enum FaultOwner<'a> {
     /// preview proxy).
     Provider(ProviderKind, ProviderFault),
     /// The Docker engine, about one machine's container.
-    DockerEngine { machine: &'a str, fault: EngineFault },
+    DockerEngine {
+        machine: &'a str,
+        fault: EngineFault,
+    },
     /// The platform's records.
-    Platform { machine: &'a str, state: MachineState },
+    Platform {
+        machine: &'a str,
+        state: MachineState,
+    },
     /// The machine itself: its proxy, its container, its apps.
-    Machine { machine: &'a str, fault: MachineFault },
+    Machine {
+        machine: &'a str,
+        fault: MachineFault,
+    },
 }
 
 /// A fault of a provider's answering endpoint.
@@ -129,9 +138,7 @@ impl Fault {
             },
             Fault::AppDown { machine, port } => app(machine, *port, AppFault::Down),
             Fault::AppUp { machine, port } => app(machine, *port, AppFault::Up),
-            Fault::AppResetMidBody { machine, port } => {
-                app(machine, *port, AppFault::ResetMidBody)
-            }
+            Fault::AppResetMidBody { machine, port } => app(machine, *port, AppFault::ResetMidBody),
         }
     }
 

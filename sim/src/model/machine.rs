@@ -116,7 +116,6 @@ pub struct MachineSpec {
     pub proxy_secret: Option<String>,
 }
 
-
 /// What can be done to a Docker machine's container (`docker stop|start|restart|pause|unpause`,
 /// `docker network disconnect|connect`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -88,14 +88,15 @@ pub enum Envelope {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     pub code: Code,
-    pub details: Details,
+    /// Boxed: a refusal travels as the `Err` of every step.
+    pub details: Box<Details>,
 }
 
 impl Refusal {
     pub fn new(code: Code) -> Refusal {
         Refusal {
             code,
-            details: Details::default(),
+            details: Box::default(),
         }
     }
 
@@ -103,10 +104,10 @@ impl Refusal {
     pub fn proxy_error(message: impl Into<String>) -> Refusal {
         Refusal {
             code: Code::ProxyError,
-            details: Details {
+            details: Box::new(Details {
                 proxy_error: Some(message.into()),
                 ..Details::default()
-            },
+            }),
         }
     }
 
@@ -118,7 +119,9 @@ impl Refusal {
     pub fn body(&self, envelope: Envelope) -> serde_json::Value {
         match envelope {
             Envelope::Code => json!({"error": self.code.as_str()}),
-            Envelope::CodeAndDetails => json!({"error": self.code.as_str(), "details": self.details}),
+            Envelope::CodeAndDetails => {
+                json!({"error": self.code.as_str(), "details": self.details})
+            }
         }
     }
 }
@@ -149,6 +152,9 @@ mod tests {
             json!({"error": "proxy_error", "details": {"proxyError": "connect ECONNREFUSED 127.0.0.1:1"}})
         );
         let r = Refusal::from(ParseError::InvalidPort);
-        assert_eq!((r.status(), r.code.as_str()), (StatusCode::BAD_REQUEST, "invalid_port"));
+        assert_eq!(
+            (r.status(), r.code.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_port")
+        );
     }
 }

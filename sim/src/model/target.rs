@@ -53,7 +53,6 @@ pub fn request_hostname(host_header: &str) -> String {
     host.to_lowercase()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{Endpoint, find, forward_to_machine, host_of, machines_by_key, provider_faults, refuse};
+use super::{
+    Endpoint, find, forward_to_machine, host_of, machines_by_key, provider_faults, refuse,
+};
 use crate::machine::{MACHINE_INGRESS_PORT, Machine};
 use crate::model::{MachineState, ProviderKind};
 use crate::net::{BoxBody, text_response};
@@ -64,12 +66,7 @@ pub async fn proxy_handle(
     peer: SocketAddr,
 ) -> Response<BoxBody> {
     let ep = &ctx.endpoint;
-    let fault = provider_faults(
-        ep,
-        &req,
-        "preview proxy",
-        "simulated preview proxy failure",
-    );
+    let fault = provider_faults(ep, &req, "preview proxy", "simulated preview proxy failure");
     if let Some(resp) = fault.await {
         return resp;
     }

@@ -265,7 +265,10 @@ impl DockerEngine {
 
 /// The engine at [`ENGINE_HOST`]: `GET [/v1.xx]/containers/{ref}/json`, answered by the fake
 /// engine from the world, or relayed to a real engine. Docker provider faults apply to both.
-pub async fn engine_handle(ctx: Arc<DockerEngine>, req: Request<Incoming>) -> http::Response<BoxBody> {
+pub async fn engine_handle(
+    ctx: Arc<DockerEngine>,
+    req: Request<Incoming>,
+) -> http::Response<BoxBody> {
     if let Some(delay) = ctx.endpoint.delay() {
         tokio::time::sleep(delay).await;
     }

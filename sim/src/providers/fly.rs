@@ -18,8 +18,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::{
-    Endpoint, find, forward_to_machine, host_of, machines_by_key, provider_faults, refuse,
-    trace_id,
+    Endpoint, find, forward_to_machine, host_of, machines_by_key, provider_faults, refuse, trace_id,
 };
 use crate::machine::Machine;
 use crate::model::{MachineState, ProviderKind};

@@ -103,7 +103,10 @@ pub(crate) fn machines_by_key(
 }
 
 /// The first machine with this key.
-pub(crate) fn find<'a>(machines: &'a [(String, Arc<Machine>)], key: &str) -> Option<&'a Arc<Machine>> {
+pub(crate) fn find<'a>(
+    machines: &'a [(String, Arc<Machine>)],
+    key: &str,
+) -> Option<&'a Arc<Machine>> {
     machines.iter().find(|(k, _)| k == key).map(|(_, m)| m)
 }
 

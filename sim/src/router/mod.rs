@@ -46,7 +46,10 @@ pub enum Outcome {
 pub enum Answer {
     Refusal(Refusal),
     /// V2+: to the canonical host (301) or the auth bridge (302).
-    Redirect { status: StatusCode, location: String },
+    Redirect {
+        status: StatusCode,
+        location: String,
+    },
 }
 
 impl From<Refusal> for Outcome {

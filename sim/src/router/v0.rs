@@ -34,9 +34,15 @@ pub async fn route(
     let machine = resolve::machine_v0(&ctx.platform, &parsed, ev)?;
     let external_id = resolve::external_id(&machine)?;
     // 6.
-    let url =
-        transport::machine_url(&ctx.transport, machine.spec, external_id, &req, trace_id, ev)
-            .await?;
+    let url = transport::machine_url(
+        &ctx.transport,
+        machine.spec,
+        external_id,
+        &req,
+        trace_id,
+        ev,
+    )
+    .await?;
     let target = target::hostname(ev);
     let net = &ctx.transport.net;
     let resp = forward::forward(net, req, ev, url, &target, trace_id).await?;

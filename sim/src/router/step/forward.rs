@@ -176,7 +176,10 @@ pub async fn forward(
         }
     }
     parts.headers = copied;
-    Ok(relay_response(Response::from_parts(parts, body), client_upgrade))
+    Ok(relay_response(
+        Response::from_parts(parts, body),
+        client_upgrade,
+    ))
 }
 
 fn build(
