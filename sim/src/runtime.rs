@@ -1,4 +1,6 @@
-//! A running world: every hop a real HTTP server on an ephemeral loopback port.
+//! A running world: every hop a real HTTP server on an ephemeral loopback port. The runtime is the
+//! one module that builds the hops' contexts and wires them to their listeners, and the one that
+//! hands each fault to its owner.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

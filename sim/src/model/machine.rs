@@ -116,6 +116,21 @@ pub struct MachineSpec {
     pub proxy_secret: Option<String>,
 }
 
+impl MachineSpec {
+    /// Docker: the container the engine knows it by (`metadata.docker.containerRef`, else the
+    /// external id).
+    pub fn container_ref(&self) -> Option<&str> {
+        let meta = self.metadata.container_ref.as_deref();
+        meta.or(self.external_id.as_deref())
+    }
+
+    /// Daytona: its sandbox (`metadata.daytona.sandboxId`, else the external id).
+    pub fn sandbox_id(&self) -> Option<&str> {
+        let meta = self.metadata.sandbox_id.as_deref();
+        meta.or(self.external_id.as_deref())
+    }
+}
+
 /// What can be done to a Docker machine's container (`docker stop|start|restart|pause|unpause`,
 /// `docker network disconnect|connect`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

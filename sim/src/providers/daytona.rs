@@ -49,8 +49,7 @@ impl DaytonaProxy {
         machines: &[Arc<Machine>],
     ) -> DaytonaProxy {
         let sandboxes = machines_by_key(machines, ProviderKind::Daytona, |m| {
-            let meta = m.spec.metadata.sandbox_id.as_deref();
-            meta.or(m.spec.external_id.as_deref()).map(str::to_string)
+            m.spec.sandbox_id().map(str::to_string)
         });
         DaytonaProxy {
             endpoint,

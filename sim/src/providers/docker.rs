@@ -233,8 +233,7 @@ impl DockerEngine {
         relay: Option<EngineRelay>,
     ) -> DockerEngine {
         let containers = machines_by_key(machines, ProviderKind::Docker, |m| {
-            let meta = m.spec.metadata.container_ref.as_deref();
-            meta.or(m.spec.external_id.as_deref()).map(str::to_string)
+            m.spec.container_ref().map(str::to_string)
         });
         DockerEngine {
             endpoint,

@@ -53,13 +53,9 @@ async fn base_url(
 ) -> Result<String, String> {
     match machine.provider {
         ProviderKind::Docker => {
-            let r = machine
-                .metadata
-                .container_ref
-                .clone()
-                .unwrap_or_else(|| external_id.to_string());
+            let r = machine.container_ref().unwrap_or(external_id);
             let trace = trace_id.map(|id| (&*t.trace, id));
-            let port = host_port_8080(&t.net, &t.engine, &r, &machine.id, trace)
+            let port = host_port_8080(&t.net, &t.engine, r, &machine.id, trace)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(format!("http://127.0.0.1:{port}"))
@@ -69,11 +65,7 @@ async fn base_url(
             sanitize_app_name(external_id)
         )),
         ProviderKind::Daytona => {
-            let sandbox = machine
-                .metadata
-                .sandbox_id
-                .clone()
-                .unwrap_or_else(|| external_id.to_string());
+            let sandbox = machine.sandbox_id().unwrap_or(external_id);
             Ok(format!("https://8080-{sandbox}.{DAYTONA_PROXY_DOMAIN}"))
         }
     }
