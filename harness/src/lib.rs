@@ -243,7 +243,7 @@ pub async fn run_scenario(
 pub async fn docker_machines_reached(spec: &WorldSpec, scenario: &Scenario) -> Vec<String> {
     let is_docker = |id: &str| {
         spec.machine(id)
-            .is_some_and(|m| m.provider == sim::world::ProviderKind::Docker)
+            .is_some_and(|m| m.provider == sim::model::ProviderKind::Docker)
     };
     let mut ids: Vec<String> = Vec::new();
     let mut add = |id: &str| {

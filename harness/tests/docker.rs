@@ -107,7 +107,7 @@ async fn docker_backend_matches_the_in_process_snapshots() {
     assert!(ran >= 40, "only {ran} scenarios ran in containers");
 }
 
-fn machine_spec(id: &str) -> sim::world::MachineSpec {
+fn machine_spec(id: &str) -> sim::model::MachineSpec {
     serde_json::from_value(json!({
         "id": id, "project": "p", "state": "active", "provider": "docker",
         "external_id": id, "apps": [{"port": 3000, "kind": "echo"}],

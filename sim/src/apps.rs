@@ -21,12 +21,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
+use crate::model::{AppFault, AppKind, AppSpec, Bind};
 use crate::net::{
     BoxBody, BoxError, Handler, bind_handover, full, json_response, reserve_port, serve_http,
     text_response,
 };
 use crate::trace::{AppEvent, Event, TRACE_HEADER, TraceStore, is_hidden_header};
-use crate::world::{AppKind, AppSpec, Bind};
 
 /// Runtime state of one app.
 pub struct App {
@@ -163,6 +163,17 @@ impl App {
     pub async fn restore(self: &Arc<Self>) -> std::io::Result<()> {
         self.reset_mid_body.store(false, Ordering::Relaxed);
         self.up().await
+    }
+
+    /// Carries out a fault aimed at this app (only `up` can fail: the port cannot be listened on
+    /// again).
+    pub async fn apply(self: &Arc<Self>, fault: AppFault) -> std::io::Result<()> {
+        match fault {
+            AppFault::Down => self.down(),
+            AppFault::Up => self.restore().await?,
+            AppFault::ResetMidBody => self.reset_mid_body.store(true, Ordering::Relaxed),
+        }
+        Ok(())
     }
 
     /// "localhost:<port>" candidates for this app, with the production rule (v4, then v6).
@@ -481,7 +492,7 @@ fn reset_mid_body() -> Response<BoxBody> {
 #[cfg(test)]
 mod twin_tests {
     use super::*;
-    use crate::world::{AppKind, AppSpec, Bind};
+    use crate::model::{AppKind, AppSpec, Bind};
 
     #[tokio::test]
     async fn ipv6_only_app_holds_its_port_on_127_0_0_1_refusing() {

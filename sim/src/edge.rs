@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -19,13 +20,28 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::net::{BoxBody, OnEnd, boxed, is_upgrade, json_response, relay_response, text_response};
+use crate::model::request_hostname;
+use crate::net::{
+    BoxBody, OnEnd, SimNetwork, boxed, is_upgrade, json_response, relay_response, text_response,
+};
 use crate::route_pattern::{RoutePattern, best_match};
-use crate::runtime::WorldState;
-use crate::trace::{EdgeEvent, Event, TRACE_HEADER};
+use crate::trace::{EdgeEvent, Event, TRACE_HEADER, TraceStore};
+
+/// What the edge reads: the worker routes, its origin timeout, where the OS router is, the
+/// network and the trace.
+pub struct EdgeCtx {
+    /// `OS_WORKER_ROUTES`, parsed.
+    pub routes: Vec<RoutePattern>,
+    /// No response head from the origin within this → 524.
+    pub origin_timeout: Duration,
+    /// The OS router's address (the worker routes' origin).
+    pub router: SocketAddr,
+    pub net: Arc<SimNetwork>,
+    pub trace: Arc<TraceStore>,
+}
 
 pub async fn handle(
-    state: Arc<WorldState>,
+    ctx: Arc<EdgeCtx>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<BoxBody> {
@@ -35,14 +51,14 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64)
         .map(str::to_string)
-        .unwrap_or_else(|| state.trace.next_id());
+        .unwrap_or_else(|| ctx.trace.next_id());
     let host_header = req
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let host = crate::router::hostname::request_hostname(&host_header);
+    let host = request_hostname(&host_header);
     let pq = req
         .uri()
         .path_and_query()
@@ -56,7 +72,7 @@ pub async fn handle(
         decision: String::new(),
         added_headers: vec![],
     };
-    let resp = match best_match(state.routes(), "https", &host, &pq)
+    let resp = match best_match(&ctx.routes, "https", &host, &pq)
         .map(|r: &RoutePattern| r.raw.clone())
     {
         None => {
@@ -97,25 +113,22 @@ pub async fn handle(
                 parts.headers.insert(TRACE_HEADER, v);
             }
             ev.added_headers = added;
-            let router = state.addrs.router;
+            let router = ctx.router;
             match format!("http://{router}{pq}").parse::<Uri>() {
                 Ok(u) => parts.uri = u,
                 Err(_) => {
                     ev.decision = "refused: bad request target".into();
-                    state.trace.record(&id, Event::Edge(ev));
-                    state.trace.finish(&id);
+                    ctx.trace.record(&id, Event::Edge(ev));
+                    ctx.trace.finish(&id);
                     return json_response(
                         StatusCode::BAD_REQUEST,
                         &json!({"error": "bad_request"}),
                     );
                 }
             }
-            let limit = std::time::Duration::from_millis(state.spec.edge.origin_timeout_ms);
-            match tokio::time::timeout(
-                limit,
-                state.net.send(Request::from_parts(parts, boxed(body))),
-            )
-            .await
+            let limit = ctx.origin_timeout;
+            match tokio::time::timeout(limit, ctx.net.send(Request::from_parts(parts, boxed(body))))
+                .await
             {
                 Err(_) => {
                     ev.decision = format!(
@@ -141,17 +154,17 @@ pub async fn handle(
             }
         }
     };
-    state.trace.record(&id, Event::Edge(ev));
+    ctx.trace.record(&id, Event::Edge(ev));
     let (mut parts, body) = resp.into_parts();
     if let Ok(v) = HeaderValue::from_str(&id) {
         parts.headers.insert(TRACE_HEADER, v);
     }
-    let st = state.clone();
+    let st = ctx.clone();
     let done_id = id.clone();
     let body = OnEnd::new(body, move || st.trace.finish(&done_id)).boxed_unsync();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         // The exchange continues in the tunnel; the request is finished for tracing.
-        state.trace.finish(&id);
+        ctx.trace.finish(&id);
     }
     Response::from_parts(parts, body)
 }

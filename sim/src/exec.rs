@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::client::{self, ClientError};
-use crate::faults::Fault;
+use crate::model::Fault;
 use crate::runtime::World;
 use crate::scenario::{Step, StepKind, WsMessage, decode_message, encode_message, parse_app_ref};
 use crate::trace::{Event, TRACE_HEADER, header_lines};

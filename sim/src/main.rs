@@ -211,8 +211,8 @@ async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let edge = w.addrs.edge;
     println!("edge: http://{edge}");
-    println!("world {:?} started in {:.1?}", w.state.spec.name, took);
-    for m in w.state.machines_in_order() {
+    println!("world {:?} started in {:.1?}", w.spec().name, took);
+    for m in w.machines() {
         let apps: Vec<String> = m
             .apps
             .iter()
@@ -228,7 +228,7 @@ async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
             apps.join(", ")
         );
     }
-    if let Some(m) = w.state.machines_in_order().first() {
+    if let Some(m) = w.machines().first() {
         let id = &m.spec.id;
         println!();
         println!("try:");
@@ -264,7 +264,7 @@ async fn machine(
     listen: SocketAddr,
     control: Option<SocketAddr>,
 ) -> Result<()> {
-    let spec: sim::world::MachineSpec = serde_json::from_str(spec_json).context("--spec-json")?;
+    let spec: sim::model::MachineSpec = serde_json::from_str(spec_json).context("--spec-json")?;
     sim::standalone::run(spec, proxy, listen, control).await
 }
 

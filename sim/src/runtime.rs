@@ -1,29 +1,29 @@
-//! A running world: every hop a real HTTP server on an ephemeral loopback port.
+//! A running world: every hop a real HTTP server on an ephemeral loopback port. The runtime is the
+//! one module that builds the hops' contexts and wires them to their listeners, and the one that
+//! hands each fault to its owner.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::faults::Fault;
-use crate::machine::Machine;
+use crate::edge::EdgeCtx;
+use crate::machine::{Machine, RemoteMachine};
+use crate::model::{Fault, FaultError, FaultOwner, ProviderKind};
 use crate::net::{Handler, SimNetwork, bind_local, serve_http};
-use crate::providers::daytona::DAYTONA_PROXY_DOMAIN;
-use crate::providers::docker::{ENGINE_HOST, EngineEndpoint, EngineRelay};
-use crate::providers::fly::{FLY_BASE_DOMAIN, sanitize_app_name};
+use crate::platform::Platform;
+use crate::providers::Endpoint;
+use crate::providers::daytona::{DAYTONA_PROXY_DOMAIN, DaytonaProxy};
+use crate::providers::docker::{DockerEngine, ENGINE_HOST, EngineEndpoint, EngineRelay};
+use crate::providers::fly::{FLY_BASE_DOMAIN, FlyEdge};
 use crate::route_pattern::RoutePattern;
-use crate::router::glob::HostGlob;
+use crate::router::RouterCtx;
+use crate::router::step::matchers::parse_matchers;
+use crate::router::step::transport::Transport;
 use crate::trace::{Redactor, TraceStore};
-use crate::world::{MachineState, ProviderKind, WorldSpec};
-
-#[derive(Default)]
-struct FaultState {
-    provider_status: HashMap<ProviderKind, u16>,
-    provider_delay: HashMap<ProviderKind, u64>,
-    docker_unmapped: HashSet<String>,
-}
+use crate::world::WorldSpec;
 
 /// Addresses of the world's hops.
 #[derive(Debug, Clone, Copy)]
@@ -33,120 +33,6 @@ pub struct Addrs {
     pub docker_engine: SocketAddr,
     pub fly_edge: SocketAddr,
     pub daytona_proxy: SocketAddr,
-}
-
-/// State every hop reads.
-pub struct WorldState {
-    pub spec: WorldSpec,
-    pub net: SimNetwork,
-    pub trace: Arc<TraceStore>,
-    pub engine: EngineEndpoint,
-    /// With the docker backend, the engine address relays to a real engine.
-    pub engine_relay: Option<EngineRelay>,
-    /// In world-file order (the order "first active machine" uses).
-    machines: Vec<Arc<Machine>>,
-    states: RwLock<HashMap<String, MachineState>>,
-    faults: RwLock<FaultState>,
-    /// `OS_WORKER_ROUTES` and `PROJECT_INGRESS_PROXY_HOST_MATCHERS`, parsed once.
-    routes: Vec<RoutePattern>,
-    matchers: Vec<HostGlob>,
-    pub addrs: Addrs,
-}
-
-impl WorldState {
-    pub fn routes(&self) -> &[RoutePattern] {
-        &self.routes
-    }
-
-    pub fn host_matchers(&self) -> &[HostGlob] {
-        &self.matchers
-    }
-
-    pub fn machine(&self, id: &str) -> Option<Arc<Machine>> {
-        self.machines.iter().find(|m| m.spec.id == id).cloned()
-    }
-
-    /// Machines in world-file order (the order "first active machine" uses).
-    pub fn machines_in_order(&self) -> &[Arc<Machine>] {
-        &self.machines
-    }
-
-    pub fn machine_state(&self, id: &str) -> Option<MachineState> {
-        self.states.read().ok()?.get(id).copied()
-    }
-
-    pub fn provider_status(&self, p: ProviderKind) -> Option<u16> {
-        self.faults.read().ok()?.provider_status.get(&p).copied()
-    }
-
-    pub fn provider_delay(&self, p: ProviderKind) -> Option<Duration> {
-        self.faults
-            .read()
-            .ok()?
-            .provider_delay
-            .get(&p)
-            .map(|ms| Duration::from_millis(*ms))
-    }
-
-    pub fn docker_unmapped(&self, machine: &str) -> bool {
-        self.faults
-            .read()
-            .map(|f| f.docker_unmapped.contains(machine))
-            .unwrap_or(false)
-    }
-
-    pub fn docker_machine_by_ref(&self, container: &str) -> Option<Arc<Machine>> {
-        self.machines
-            .iter()
-            .find(|m| {
-                m.spec.provider == ProviderKind::Docker
-                    && m.spec
-                        .metadata
-                        .container_ref
-                        .as_deref()
-                        .or(m.spec.external_id.as_deref())
-                        == Some(container)
-            })
-            .cloned()
-    }
-
-    pub fn fly_machine_by_app(&self, app: &str) -> Option<Arc<Machine>> {
-        self.machines
-            .iter()
-            .find(|m| {
-                m.spec.provider == ProviderKind::Fly
-                    && m.spec
-                        .external_id
-                        .as_deref()
-                        .map(sanitize_app_name)
-                        .as_deref()
-                        == Some(app)
-            })
-            .cloned()
-    }
-
-    pub fn daytona_machine_by_sandbox(&self, sandbox: &str) -> Option<Arc<Machine>> {
-        self.machines
-            .iter()
-            .find(|m| {
-                m.spec.provider == ProviderKind::Daytona
-                    && m.spec
-                        .metadata
-                        .sandbox_id
-                        .as_deref()
-                        .or(m.spec.external_id.as_deref())
-                        == Some(sandbox)
-            })
-            .cloned()
-    }
-
-    fn provider_addr(&self, p: ProviderKind) -> SocketAddr {
-        match p {
-            ProviderKind::Docker => self.addrs.docker_engine,
-            ProviderKind::Fly => self.addrs.fly_edge,
-            ProviderKind::Daytona => self.addrs.daytona_proxy,
-        }
-    }
 }
 
 /// Why a world did not start.
@@ -166,26 +52,6 @@ pub enum StartError {
     },
 }
 
-/// Why a fault could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum FaultError {
-    #[error("fault names unknown machine {0:?}")]
-    UnknownMachine(String),
-    #[error("fault names unknown app {machine}:{port}")]
-    UnknownApp { machine: String, port: u16 },
-    #[error("app {machine}:{port} cannot listen again: {source}")]
-    AppUp {
-        machine: String,
-        port: u16,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("container fault on {machine:?}: the machine's provider is not docker")]
-    NotDocker { machine: String },
-    #[error("machine {machine:?}: {message}")]
-    Machine { machine: String, message: String },
-}
-
 /// How a world is started beyond its spec.
 #[derive(Default)]
 pub struct WorldOptions {
@@ -194,17 +60,25 @@ pub struct WorldOptions {
     /// The edge's address (`ingress-sim up --listen`).
     pub edge_listen: Option<SocketAddr>,
     /// Machines that run elsewhere (real containers), by machine id.
-    pub remotes: HashMap<String, Arc<dyn crate::machine::RemoteMachine>>,
+    pub remotes: HashMap<String, Arc<dyn RemoteMachine>>,
     /// Relay the engine address to a real engine.
     pub engine_relay: Option<EngineRelay>,
     /// The trace store (remote machines record into it, so it exists before the world).
     pub trace: Option<Arc<TraceStore>>,
 }
 
-/// A running world.
+/// A running world. Only the runtime builds the hops' contexts and wires them to their
+/// listeners; each hop reads nothing but its own context.
 pub struct World {
-    pub state: Arc<WorldState>,
     pub addrs: Addrs,
+    spec: WorldSpec,
+    trace: Arc<TraceStore>,
+    platform: Arc<Platform>,
+    /// In world-file order.
+    machines: Vec<Arc<Machine>>,
+    docker: Arc<DockerEngine>,
+    fly: Arc<FlyEdge>,
+    daytona: Arc<DaytonaProxy>,
     stops: Vec<watch::Sender<bool>>,
 }
 
@@ -248,7 +122,6 @@ impl World {
         };
         let trace = trace.unwrap_or_default();
         let mut machines = Vec::new();
-        let mut states = HashMap::new();
         for m in &spec.machines {
             let machine = match remotes.remove(&m.id) {
                 Some(r) => Machine::remote(m.clone(), r, trace.clone()),
@@ -257,7 +130,6 @@ impl World {
                     .map_err(bind_err)?,
             };
             machines.push(machine);
-            states.insert(m.id.clone(), m.state);
         }
         let (l_edge, edge) = match edge_listen {
             Some(a) => {
@@ -278,24 +150,44 @@ impl World {
             fly_edge,
             daytona_proxy,
         };
-        let net = SimNetwork::default();
+        let net = Arc::new(SimNetwork::default());
         net.add_exact(ENGINE_HOST, docker_engine);
         net.add_suffix(FLY_BASE_DOMAIN, fly_edge);
         net.add_suffix(DAYTONA_PROXY_DOMAIN, daytona_proxy);
-        let initial_faults = spec.faults.clone();
-        let matchers = crate::router::glob::parse_matchers(&spec.env.host_matchers);
-        let state = Arc::new(WorldState {
-            spec,
-            net,
-            trace,
-            engine,
+        let platform = Arc::new(Platform::new(spec.projects.clone(), spec.machines.clone()));
+        let endpoint = |kind, addr| Endpoint::new(kind, addr, net.clone(), trace.clone());
+        let docker = Arc::new(DockerEngine::new(
+            endpoint(ProviderKind::Docker, docker_engine),
+            &machines,
             engine_relay,
-            machines,
-            states: RwLock::new(states),
-            faults: RwLock::new(FaultState::default()),
+        ));
+        let fly = Arc::new(FlyEdge::new(
+            endpoint(ProviderKind::Fly, fly_edge),
+            platform.clone(),
+            &machines,
+        ));
+        let daytona = Arc::new(DaytonaProxy::new(
+            endpoint(ProviderKind::Daytona, daytona_proxy),
+            platform.clone(),
+            &machines,
+        ));
+        let edge_ctx = Arc::new(EdgeCtx {
             routes,
-            matchers,
-            addrs,
+            origin_timeout: Duration::from_millis(spec.edge.origin_timeout_ms),
+            router,
+            net: net.clone(),
+            trace: trace.clone(),
+        });
+        let router_ctx = Arc::new(RouterCtx {
+            generation: spec.router,
+            matchers: parse_matchers(&spec.env.host_matchers),
+            platform: platform.clone(),
+            transport: Transport {
+                net: net.clone(),
+                engine,
+                trace: trace.clone(),
+            },
+            trace: trace.clone(),
         });
         let mut stops = Vec::new();
         let mut start = |l: tokio::net::TcpListener, h: Handler| {
@@ -303,47 +195,53 @@ impl World {
             serve_http(l, h, rx);
             stops.push(tx);
         };
-        let s = state.clone();
         start(
             l_edge,
-            Arc::new(move |req, peer| Box::pin(crate::edge::handle(s.clone(), req, peer))),
+            Arc::new(move |req, peer| Box::pin(crate::edge::handle(edge_ctx.clone(), req, peer))),
         );
-        let s = state.clone();
         start(
             l_router,
-            Arc::new(move |req, peer| Box::pin(crate::router::handle(s.clone(), req, peer))),
+            Arc::new(move |req, peer| {
+                Box::pin(crate::router::handle(router_ctx.clone(), req, peer))
+            }),
         );
-        let s = state.clone();
+        let c = docker.clone();
         start(
             l_engine,
             Arc::new(move |req, _| {
-                Box::pin(crate::providers::docker::engine_handle(s.clone(), req))
+                Box::pin(crate::providers::docker::engine_handle(c.clone(), req))
             }),
         );
-        let s = state.clone();
+        let c = fly.clone();
         start(
             l_fly,
             Arc::new(move |req, peer| {
-                Box::pin(crate::providers::fly::edge_handle(s.clone(), req, peer))
+                Box::pin(crate::providers::fly::edge_handle(c.clone(), req, peer))
             }),
         );
-        let s = state.clone();
+        let c = daytona.clone();
         start(
             l_day,
             Arc::new(move |req, peer| {
                 Box::pin(crate::providers::daytona::proxy_handle(
-                    s.clone(),
+                    c.clone(),
                     req,
                     peer,
                 ))
             }),
         );
         let w = World {
-            state,
             addrs,
+            spec,
+            trace,
+            platform,
+            machines,
+            docker,
+            fly,
+            daytona,
             stops,
         };
-        for f in &initial_faults {
+        for f in &w.spec.faults {
             // World files are validated; a fault naming an unknown machine is reported at start.
             if let Err(e) = w.apply_fault(f).await {
                 tracing::warn!(error = %e, "world fault not applied");
@@ -352,108 +250,48 @@ impl World {
         Ok(w)
     }
 
+    pub fn spec(&self) -> &WorldSpec {
+        &self.spec
+    }
+
     pub fn trace(&self) -> &Arc<TraceStore> {
-        &self.state.trace
+        &self.trace
     }
 
     pub fn machine(&self, id: &str) -> Option<Arc<Machine>> {
-        self.state.machine(id)
+        self.machines.iter().find(|m| m.spec.id == id).cloned()
     }
 
-    /// Applies a fault; it holds until undone by another fault or the world stops.
+    /// Machines in world-file order.
+    pub fn machines(&self) -> &[Arc<Machine>] {
+        &self.machines
+    }
+
+    /// Applies a fault (its owner carries it out); it holds until undone by another fault or the
+    /// world stops.
     pub async fn apply_fault(&self, f: &Fault) -> Result<(), FaultError> {
-        let st = &self.state;
         let machine = |id: &str| {
-            st.machine(id)
+            self.machine(id)
                 .ok_or_else(|| FaultError::UnknownMachine(id.into()))
         };
-        let app = |id: &str, port: u16| {
-            machine(id)?
-                .app(port)
-                .cloned()
-                .ok_or_else(|| FaultError::UnknownApp {
-                    machine: id.into(),
-                    port,
-                })
-        };
-        if let Some(id) = f.machine_target() {
-            let m = machine(id)?;
-            if matches!(f, Fault::Container { .. })
-                && m.spec.provider != crate::world::ProviderKind::Docker
-            {
-                return Err(FaultError::NotDocker {
-                    machine: id.to_string(),
-                });
-            }
-            if let Some(r) = &m.remote {
-                return r.apply(f).await.map_err(|message| FaultError::Machine {
-                    machine: id.to_string(),
-                    message,
-                });
-            }
+        if let Some((id, _)) = f.names() {
+            machine(id)?;
         }
-        match f {
-            Fault::ProviderRefuses { provider } => {
-                st.net.set_refused(st.provider_addr(*provider), true)
-            }
-            Fault::ProviderStatus { provider, status } => {
-                if let Ok(mut fs) = st.faults.write() {
-                    fs.provider_status.insert(*provider, *status);
-                }
-            }
-            Fault::ProviderSlow { provider, delay_ms } => {
-                if let Ok(mut fs) = st.faults.write() {
-                    fs.provider_delay.insert(*provider, *delay_ms);
-                }
-            }
-            Fault::ProviderHealthy { provider } => {
-                if let Ok(mut fs) = st.faults.write() {
-                    fs.provider_status.remove(provider);
-                    fs.provider_delay.remove(provider);
-                }
-                st.net.set_refused(st.provider_addr(*provider), false);
-            }
-            Fault::DockerNoPortMapping { machine: id } => {
-                machine(id)?;
-                if let Ok(mut fs) = st.faults.write() {
-                    fs.docker_unmapped.insert(id.clone());
-                }
-            }
-            Fault::MachineState { machine: id, state } => {
-                machine(id)?;
-                if let Ok(mut s) = st.states.write() {
-                    s.insert(id.clone(), *state);
-                }
-            }
-            Fault::MachineProxyDown { machine: id } => machine(id)?.proxy_down().await,
-            Fault::AppDown { machine: id, port } => app(id, *port)?.down(),
-            Fault::AppUp { machine: id, port } => {
-                app(id, *port)?
-                    .restore()
-                    .await
-                    .map_err(|source| FaultError::AppUp {
-                        machine: id.clone(),
-                        port: *port,
-                        source,
-                    })?;
-            }
-            Fault::AppResetMidBody { machine: id, port } => {
-                app(id, *port)?
-                    .reset_mid_body
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            Fault::Container {
-                machine: id,
-                action,
-            } => machine(id)?
-                .container_action(*action)
-                .await
-                .map_err(|e| FaultError::Machine {
-                    machine: id.clone(),
-                    message: e.to_string(),
-                })?,
+        match f.owner() {
+            FaultOwner::Provider(kind, fault) => self.endpoint(kind).apply(fault),
+            FaultOwner::DockerEngine { machine, fault } => self.docker.apply(machine, fault),
+            FaultOwner::Platform { machine, state } => self.platform.set_state(machine, state)?,
+            FaultOwner::Machine { machine: id, fault } => machine(id)?.apply(f, fault).await?,
         }
         Ok(())
+    }
+
+    fn endpoint(&self, kind: ProviderKind) -> &Endpoint {
+        match kind {
+            ProviderKind::Docker => &self.docker.endpoint,
+            ProviderKind::Fly => &self.fly.endpoint,
+            ProviderKind::Daytona => &self.daytona.endpoint,
+        }
     }
 
     /// Releases a gated SSE app.
@@ -481,7 +319,7 @@ impl World {
         r.add_port(self.addrs.docker_engine.port(), "docker-engine");
         r.add_port(self.addrs.fly_edge.port(), "fly-edge");
         r.add_port(self.addrs.daytona_proxy.port(), "daytona-proxy");
-        for m in self.state.machines_in_order() {
+        for m in &self.machines {
             for p in m.ports_seen() {
                 r.add_port(p, format!("{}:8080", m.spec.id));
             }
@@ -497,7 +335,7 @@ impl World {
         for s in &self.stops {
             s.send_replace(true);
         }
-        for m in self.state.machines_in_order() {
+        for m in &self.machines {
             m.shutdown().await;
         }
     }
@@ -505,7 +343,7 @@ impl World {
     /// Waits until the events of every finished request are in the trace (remote machines report
     /// theirs with a delay; in-process ones record as they go).
     pub async fn settle(&self) {
-        for m in self.state.machines_in_order() {
+        for m in &self.machines {
             if let Some(r) = &m.remote {
                 r.settle().await;
             }

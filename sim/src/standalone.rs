@@ -21,11 +21,10 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::{Mutex, watch};
 
 use crate::apps::App;
-use crate::faults::Fault;
 use crate::machine::upstream_label;
+use crate::model::{Fault, FaultOwner, MachineFault, MachineSpec};
 use crate::net::{BoxBody, json_response, serve_http};
 use crate::trace::{Event, MachineEvent, TRACE_HEADER, TraceStore};
-use crate::world::MachineSpec;
 
 /// The access-log target of the proxy binary's request lines.
 const ACCESS_TARGET: &str = "project_ingress_proxy::access";
@@ -80,19 +79,22 @@ impl Running {
     }
 
     async fn fault(&self, f: &Fault) -> Result<()> {
-        let app = |port: &u16| {
-            self.apps
-                .get(port)
-                .with_context(|| format!("no app on port {port}"))
-        };
-        match f {
-            Fault::MachineProxyDown { .. } => self.stop_proxy().await,
-            Fault::AppDown { port, .. } => app(port)?.down(),
-            Fault::AppUp { port, .. } => app(port)?.restore().await?,
-            Fault::AppResetMidBody { port, .. } => {
-                app(port)?.reset_mid_body.store(true, Ordering::Relaxed)
+        match f.owner() {
+            FaultOwner::Machine {
+                fault: MachineFault::ProxyDown,
+                ..
+            } => self.stop_proxy().await,
+            FaultOwner::Machine {
+                fault: MachineFault::App { port, fault },
+                ..
+            } => {
+                let app = self
+                    .apps
+                    .get(&port)
+                    .with_context(|| format!("no app on port {port}"))?;
+                app.apply(fault).await?
             }
-            other => bail!("not a fault a machine carries out itself: {other:?}"),
+            _ => bail!("not a fault a machine carries out itself: {f:?}"),
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use crate::router::hostname::ParsedTarget;
+use crate::model::ParsedTarget;
 
 /// The correlation header.
 pub const TRACE_HEADER: &str = "x-sim-trace-id";
@@ -103,6 +103,29 @@ pub struct RouterEvent {
     pub response_header_notes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl RouterEvent {
+    /// An event with nothing decided yet.
+    pub fn new(generation: &str) -> RouterEvent {
+        RouterEvent {
+            generation: generation.into(),
+            hostname: String::new(),
+            host_source: String::new(),
+            matched: None,
+            parsed: None,
+            machine: None,
+            provider_url: None,
+            target_header: None,
+            forwarded_headers: vec![],
+            websocket: false,
+            redirects_followed: vec![],
+            outcome: String::new(),
+            status: 0,
+            response_header_notes: vec![],
+            error: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

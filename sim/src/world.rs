@@ -7,295 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// Machine states the platform knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MachineState {
-    Starting,
-    Active,
-    Detached,
-    Stopped,
-    Archived,
-}
-
-impl MachineState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MachineState::Starting => "starting",
-            MachineState::Active => "active",
-            MachineState::Detached => "detached",
-            MachineState::Stopped => "stopped",
-            MachineState::Archived => "archived",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    Docker,
-    Fly,
-    Daytona,
-}
-
-impl ProviderKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProviderKind::Docker => "docker",
-            ProviderKind::Fly => "fly",
-            ProviderKind::Daytona => "daytona",
-        }
-    }
-}
-
-/// What an app on a machine does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AppKind {
-    /// Returns what it received: method, path, query, headers, body length and sha256.
-    Echo,
-    /// WebSocket echo: text `t` → `echo:t`, binary as is, close with the same code.
-    Websocket,
-    /// Server-sent events: `count` events. With `gated`, the first is sent at once and the rest
-    /// wait for a release from the harness (proving the first arrived before the end); otherwise
-    /// one every `interval_ms`.
-    Sse {
-        count: u32,
-        interval_ms: u64,
-        gated: bool,
-    },
-    /// Answers after `delay_ms`; with `stall`, never answers.
-    Slow { delay_ms: u64, stall: bool },
-    /// Fixed status and body.
-    Status { status: u16, body: String },
-    /// `302` (or `status`) with `Location: location` for every path but `location` itself,
-    /// which answers `200 landed at <location>`.
-    Redirect { location: String, status: u16 },
-    /// Two `Set-Cookie` headers.
-    Cookies,
-    /// A streamed body of `bytes` bytes (or `?bytes=N`).
-    Large { bytes: u64 },
-    /// Promises `Content-Length: 1000`, sends 10 bytes, resets the connection.
-    ResetMidBody,
-}
-
-impl AppKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            AppKind::Echo => "echo",
-            AppKind::Websocket => "websocket",
-            AppKind::Sse { .. } => "sse",
-            AppKind::Slow { .. } => "slow",
-            AppKind::Status { .. } => "status",
-            AppKind::Redirect { .. } => "redirect",
-            AppKind::Cookies => "cookies",
-            AppKind::Large { .. } => "large",
-            AppKind::ResetMidBody => "reset_mid_body",
-        }
-    }
-}
-
-/// Which loopback an app binds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Bind {
-    /// `127.0.0.1`
-    #[default]
-    Ipv4,
-    /// `::1` only (as Vite and Node do for `localhost`).
-    Ipv6,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawApp")]
-pub struct AppSpec {
-    pub port: u16,
-    #[serde(flatten)]
-    pub kind: AppKind,
-    pub bind: Bind,
-}
-
-/// An app as written in the file: one flat table; which fields apply depends on `kind`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawApp {
-    port: u16,
-    kind: String,
-    #[serde(default)]
-    bind: Bind,
-    count: Option<u32>,
-    interval_ms: Option<u64>,
-    gated: Option<bool>,
-    delay_ms: Option<u64>,
-    stall: Option<bool>,
-    status: Option<u16>,
-    body: Option<String>,
-    location: Option<String>,
-    bytes: Option<u64>,
-}
-
-impl TryFrom<RawApp> for AppSpec {
-    type Error = String;
-
-    fn try_from(r: RawApp) -> Result<AppSpec, String> {
-        let given: Vec<&str> = [
-            ("count", r.count.is_some()),
-            ("interval_ms", r.interval_ms.is_some()),
-            ("gated", r.gated.is_some()),
-            ("delay_ms", r.delay_ms.is_some()),
-            ("stall", r.stall.is_some()),
-            ("status", r.status.is_some()),
-            ("body", r.body.is_some()),
-            ("location", r.location.is_some()),
-            ("bytes", r.bytes.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(n, set)| set.then_some(n))
-        .collect();
-        let (kind, allowed): (AppKind, &[&str]) = match r.kind.as_str() {
-            "echo" => (AppKind::Echo, &[]),
-            "websocket" => (AppKind::Websocket, &[]),
-            "cookies" => (AppKind::Cookies, &[]),
-            "reset_mid_body" => (AppKind::ResetMidBody, &[]),
-            "sse" => (
-                AppKind::Sse {
-                    count: r.count.unwrap_or(3),
-                    interval_ms: r.interval_ms.unwrap_or(100),
-                    gated: r.gated.unwrap_or(false),
-                },
-                &["count", "interval_ms", "gated"],
-            ),
-            "slow" => (
-                AppKind::Slow {
-                    delay_ms: r.delay_ms.unwrap_or(100),
-                    stall: r.stall.unwrap_or(false),
-                },
-                &["delay_ms", "stall"],
-            ),
-            "status" => (
-                AppKind::Status {
-                    status: r.status.ok_or("kind \"status\" needs `status`")?,
-                    body: r.body.clone().unwrap_or_default(),
-                },
-                &["status", "body"],
-            ),
-            "redirect" => (
-                AppKind::Redirect {
-                    location: r
-                        .location
-                        .clone()
-                        .ok_or("kind \"redirect\" needs `location`")?,
-                    status: r.status.unwrap_or(302),
-                },
-                &["location", "status"],
-            ),
-            "large" => (
-                AppKind::Large {
-                    bytes: r.bytes.unwrap_or(1024 * 1024),
-                },
-                &["bytes"],
-            ),
-            other => {
-                return Err(format!(
-                    "unknown app kind {other:?}: expected one of echo, websocket, sse, slow, status, redirect, cookies, large, reset_mid_body"
-                ));
-            }
-        };
-        if let Some(bad) = given.iter().find(|g| !allowed.contains(g)) {
-            return Err(format!(
-                "field `{bad}` does not apply to app kind {:?}",
-                r.kind
-            ));
-        }
-        if let AppKind::Status { status, .. } | AppKind::Redirect { status, .. } = &kind
-            && !(100..=999).contains(status)
-        {
-            return Err(format!("status {status} is not an HTTP status"));
-        }
-        Ok(AppSpec {
-            port: r.port,
-            kind,
-            bind: r.bind,
-        })
-    }
-}
-
-/// Provider metadata as the platform stores it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderMetadata {
-    /// Docker: `metadata.docker.containerRef` (else the external id is the container name).
-    #[serde(default)]
-    pub container_ref: Option<String>,
-    /// Docker: publish 8080 on a host port (false reproduces `No host port mapped for 8080`).
-    #[serde(default = "yes")]
-    pub publish_8080: bool,
-    /// Daytona: `metadata.daytona.sandboxId` (else the external id).
-    #[serde(default)]
-    pub sandbox_id: Option<String>,
-    /// Daytona: a public sandbox needs no preview token.
-    #[serde(default = "yes")]
-    pub public: bool,
-    /// Daytona: the preview token of a private sandbox.
-    #[serde(default)]
-    pub preview_token: Option<String>,
-    /// Fly: region reported by the edge.
-    #[serde(default)]
-    pub region: Option<String>,
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl Default for ProviderMetadata {
-    /// The same values as an empty `metadata = {}` table.
-    fn default() -> Self {
-        ProviderMetadata {
-            container_ref: None,
-            publish_8080: true,
-            sandbox_id: None,
-            public: true,
-            preview_token: None,
-            region: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineSpec {
-    pub id: String,
-    pub project: String,
-    pub state: MachineState,
-    pub provider: ProviderKind,
-    /// The provider's id for the machine; absent reproduces `503 machine_unavailable`.
-    #[serde(default)]
-    pub external_id: Option<String>,
-    #[serde(default)]
-    pub metadata: ProviderMetadata,
-    #[serde(default)]
-    pub apps: Vec<AppSpec>,
-    /// Run the machine proxy with this shared secret (the OS side of the hardening is not
-    /// modelled in V0, so requests through the chain get 401 from the machine).
-    #[serde(default)]
-    pub proxy_secret: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProjectSpec {
-    pub slug: String,
-}
-
-/// Which generation of the OS router to model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RouterGeneration {
-    /// "step 0": matchers, `.machines.` form, no auth.
-    #[default]
-    V0,
-}
+use crate::model::{Fault, Generation, MachineSpec, ProjectSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -313,8 +25,9 @@ pub struct EnvSpec {
 pub struct WorldSpec {
     /// A short name shown in traces.
     pub name: String,
+    /// The OS router's generation (`router = "v0"`).
     #[serde(default)]
-    pub router: RouterGeneration,
+    pub router: Generation,
     pub env: EnvSpec,
     #[serde(default)]
     pub projects: Vec<ProjectSpec>,
@@ -322,7 +35,7 @@ pub struct WorldSpec {
     pub machines: Vec<MachineSpec>,
     /// Faults in force from the start.
     #[serde(default)]
-    pub faults: Vec<crate::faults::Fault>,
+    pub faults: Vec<Fault>,
     #[serde(default)]
     pub edge: EdgeSpec,
 }
@@ -411,7 +124,7 @@ impl WorldSpec {
             }
         }
         for (i, f) in self.faults.iter().enumerate() {
-            if let Some((m, port)) = fault_target(f) {
+            if let Some((m, port)) = f.names() {
                 let Some(spec) = self.machine(m) else {
                     return Err(format!("faults[{i}].machine: unknown machine {m:?}"));
                 };
@@ -430,27 +143,10 @@ impl WorldSpec {
     }
 }
 
-/// The machine (and app port) a fault names, if any.
-pub fn fault_target(f: &crate::faults::Fault) -> Option<(&str, Option<u16>)> {
-    use crate::faults::Fault::*;
-    match f {
-        DockerNoPortMapping { machine }
-        | MachineState { machine, .. }
-        | MachineProxyDown { machine }
-        | Container { machine, .. } => Some((machine, None)),
-        AppDown { machine, port } | AppUp { machine, port } | AppResetMidBody { machine, port } => {
-            Some((machine, Some(*port)))
-        }
-        ProviderRefuses { .. }
-        | ProviderStatus { .. }
-        | ProviderSlow { .. }
-        | ProviderHealthy { .. } => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{AppKind, ProviderMetadata};
 
     const MINI: &str = r#"
 name = "mini"
@@ -552,6 +248,23 @@ apps = [{ port = 3000, kind = "echo" }, { port = 4096, kind = "sse", gated = tru
             .unwrap_err()
             .to_string();
         assert!(e.contains("machines[0].apps[1].port: 8080"), "{e}");
+    }
+
+    #[test]
+    fn router_generation_is_read_and_checked() {
+        let w = WorldSpec::parse(MINI, Path::new("w.toml")).unwrap();
+        assert_eq!(w.router, Generation::V0, "the default");
+        let v0 = MINI.replace("name = \"mini\"", "name = \"mini\"\nrouter = \"v0\"");
+        let w = WorldSpec::parse(&v0, Path::new("w.toml")).unwrap();
+        assert_eq!(w.router.as_str(), "v0");
+        let bad = MINI.replace("name = \"mini\"", "name = \"mini\"\nrouter = \"v9\"");
+        let e = WorldSpec::parse(&bad, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "w.toml:3:10: unknown router generation \"v9\": the known ones are v0"
+        );
     }
 
     #[test]

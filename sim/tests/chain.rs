@@ -8,8 +8,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
 use sim::client;
+use sim::model::{MachineState, ProviderKind};
 use sim::trace::Event;
-use sim::world::{MachineState, ProviderKind};
 use sim::{Fault, World, WorldSpec};
 use tokio_tungstenite::tungstenite::Message;
 

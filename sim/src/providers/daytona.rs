@@ -15,10 +15,13 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{forward_to_machine, host_of, provider_faults, refuse};
+use super::{
+    Endpoint, find, forward_to_machine, host_of, machines_by_key, provider_faults, refuse,
+};
+use crate::machine::{MACHINE_INGRESS_PORT, Machine};
+use crate::model::{MachineState, ProviderKind};
 use crate::net::{BoxBody, text_response};
-use crate::runtime::WorldState;
-use crate::world::{MachineState, ProviderKind};
+use crate::platform::Platform;
 
 pub const DAYTONA_PROXY_DOMAIN: &str = "proxy.daytona.works";
 pub const PREVIEW_TOKEN_HEADER: &str = "x-daytona-preview-token";
@@ -31,35 +34,53 @@ pub fn parse_preview_host(host: &str) -> Option<(u16, String)> {
     (!id.is_empty() && !id.contains('.')).then(|| (port, id.to_string()))
 }
 
+/// What the preview proxy reads: its endpoint, the world's Daytona machines by sandbox id, and
+/// the platform's records (a machine the platform has stopped is not running).
+pub struct DaytonaProxy {
+    pub endpoint: Endpoint,
+    platform: Arc<Platform>,
+    sandboxes: Vec<(String, Arc<Machine>)>,
+}
+
+impl DaytonaProxy {
+    pub fn new(
+        endpoint: Endpoint,
+        platform: Arc<Platform>,
+        machines: &[Arc<Machine>],
+    ) -> DaytonaProxy {
+        let sandboxes = machines_by_key(machines, ProviderKind::Daytona, |m| {
+            m.spec.sandbox_id().map(str::to_string)
+        });
+        DaytonaProxy {
+            endpoint,
+            platform,
+            sandboxes,
+        }
+    }
+}
+
 pub async fn proxy_handle(
-    state: Arc<WorldState>,
+    ctx: Arc<DaytonaProxy>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<BoxBody> {
-    let fault = provider_faults(
-        &state,
-        ProviderKind::Daytona,
-        &req,
-        "preview proxy",
-        "simulated preview proxy failure",
-    );
+    let ep = &ctx.endpoint;
+    let fault = provider_faults(ep, &req, "preview proxy", "simulated preview proxy failure");
     if let Some(resp) = fault.await {
         return resp;
     }
     let host = host_of(&req);
     let Some((port, sandbox)) = parse_preview_host(&host) else {
         return refuse(
-            &state,
-            "daytona",
+            ep,
             &req,
             format!("not a preview host: {host:?}"),
             text_response(StatusCode::NOT_FOUND, "not found"),
         );
     };
-    let Some(machine) = state.daytona_machine_by_sandbox(&sandbox) else {
+    let Some(machine) = find(&ctx.sandboxes, &sandbox) else {
         return refuse(
-            &state,
-            "daytona",
+            ep,
             &req,
             format!("no sandbox {sandbox:?}"),
             text_response(StatusCode::NOT_FOUND, "sandbox not found"),
@@ -74,8 +95,7 @@ pub async fn proxy_handle(
         let ok = matches!((presented, meta.preview_token.as_deref()), (Some(p), Some(t)) if p == t);
         if !ok {
             return refuse(
-                &state,
-                "daytona",
+                ep,
                 &req,
                 format!(
                     "sandbox {sandbox} is private: {} preview token",
@@ -86,18 +106,17 @@ pub async fn proxy_handle(
         }
     }
     if matches!(
-        state.machine_state(&machine.spec.id),
+        ctx.platform.machine_state(&machine.spec.id),
         Some(MachineState::Stopped) | Some(MachineState::Archived)
     ) {
         return refuse(
-            &state,
-            "daytona",
+            ep,
             &req,
             format!("sandbox {sandbox} is not running"),
             text_response(StatusCode::SERVICE_UNAVAILABLE, "sandbox is not running"),
         );
     }
-    let (target, what) = if port == crate::machine::MACHINE_INGRESS_PORT {
+    let (target, what) = if port == MACHINE_INGRESS_PORT {
         (machine.proxy_addr(), "machine proxy".to_string())
     } else {
         match machine.app(port) {
@@ -107,8 +126,7 @@ pub async fn proxy_handle(
             ),
             None => {
                 return refuse(
-                    &state,
-                    "daytona",
+                    ep,
                     &req,
                     format!("sandbox {sandbox}: nothing listens on {port}"),
                     text_response(StatusCode::BAD_GATEWAY, "bad gateway"),
@@ -126,7 +144,7 @@ pub async fn proxy_handle(
         "sandbox {sandbox} ({}) port {port} → {what}",
         machine.spec.id
     );
-    forward_to_machine(&state, "daytona", req, target, added, decision).await
+    forward_to_machine(ep, req, target, added, decision).await
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! `NetworkSettings.Ports["8080/tcp"][0].HostPort`). The client speaks to a TCP endpoint (the fake
 //! engine, through the sim network) or to a Unix socket (a real engine).
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use http::{Request, StatusCode, Uri};
 use http_body_util::BodyExt;
@@ -12,11 +13,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::machine::{ContainerState, Machine};
+use super::{Endpoint, find, machines_by_key};
+use crate::machine::Machine;
+use crate::model::{ContainerState, EngineFault, ProviderKind};
 use crate::net::{BoxBody, SimNetwork, full, json_response};
-use crate::runtime::WorldState;
 use crate::trace::{Event, ProviderEvent, TRACE_HEADER, TraceStore};
-use crate::world::ProviderKind;
 
 /// The sim network name of the fake engine.
 pub const ENGINE_HOST: &str = "docker-engine.sim";
@@ -215,16 +216,62 @@ pub struct EngineRelay {
     pub names: std::collections::HashMap<String, String>,
 }
 
+/// What the engine reads: its endpoint, the world's Docker machines by container reference, the
+/// containers whose 8080 has no host port (`docker_no_port_mapping`), and the real engine it
+/// relays to, if any.
+pub struct DockerEngine {
+    pub endpoint: Endpoint,
+    containers: Vec<(String, Arc<Machine>)>,
+    unmapped: RwLock<HashSet<String>>,
+    relay: Option<EngineRelay>,
+}
+
+impl DockerEngine {
+    pub fn new(
+        endpoint: Endpoint,
+        machines: &[Arc<Machine>],
+        relay: Option<EngineRelay>,
+    ) -> DockerEngine {
+        let containers = machines_by_key(machines, ProviderKind::Docker, |m| {
+            m.spec.container_ref().map(str::to_string)
+        });
+        DockerEngine {
+            endpoint,
+            containers,
+            unmapped: RwLock::new(HashSet::new()),
+            relay,
+        }
+    }
+
+    /// A fault about one machine's container.
+    pub fn apply(&self, machine: &str, fault: EngineFault) {
+        match fault {
+            EngineFault::NoPortMapping => {
+                if let Ok(mut u) = self.unmapped.write() {
+                    u.insert(machine.to_string());
+                }
+            }
+        }
+    }
+
+    fn unmapped(&self, machine: &str) -> bool {
+        self.unmapped
+            .read()
+            .map(|u| u.contains(machine))
+            .unwrap_or(false)
+    }
+}
+
 /// The engine at [`ENGINE_HOST`]: `GET [/v1.xx]/containers/{ref}/json`, answered by the fake
 /// engine from the world, or relayed to a real engine. Docker provider faults apply to both.
 pub async fn engine_handle(
-    state: Arc<WorldState>,
+    ctx: Arc<DockerEngine>,
     req: Request<Incoming>,
 ) -> http::Response<BoxBody> {
-    if let Some(delay) = state.provider_delay(ProviderKind::Docker) {
+    if let Some(delay) = ctx.endpoint.delay() {
         tokio::time::sleep(delay).await;
     }
-    if let Some(code) = state.provider_status(ProviderKind::Docker) {
+    if let Some(code) = ctx.endpoint.status() {
         let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return json_response(status, &json!({"message": "simulated engine failure"}));
     }
@@ -241,11 +288,10 @@ pub async fn engine_handle(
     let Some(container) = container.filter(|_| req.method() == http::Method::GET) else {
         return json_response(StatusCode::NOT_FOUND, &json!({"message": "page not found"}));
     };
-    let machine = state.docker_machine_by_ref(&container);
-    let unmapped = machine
-        .as_ref()
-        .is_some_and(|m| !m.spec.metadata.publish_8080 || state.docker_unmapped(&m.spec.id));
-    let mut v = match &state.engine_relay {
+    let machine = find(&ctx.containers, &container);
+    let unmapped =
+        machine.is_some_and(|m| !m.spec.metadata.publish_8080 || ctx.unmapped(&m.spec.id));
+    let mut v = match &ctx.relay {
         Some(relay) => match relay_inspect(relay, &container).await {
             Ok(Some(v)) => v,
             Ok(None) => return no_such_container(&container),
@@ -256,7 +302,7 @@ pub async fn engine_handle(
                 );
             }
         },
-        None => match &machine {
+        None => match machine {
             Some(m) => fake_inspect(m, &container),
             None => return no_such_container(&container),
         },

@@ -17,10 +17,13 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::{forward_to_machine, host_of, provider_faults, refuse, trace_id};
+use super::{
+    Endpoint, find, forward_to_machine, host_of, machines_by_key, provider_faults, refuse, trace_id,
+};
+use crate::machine::Machine;
+use crate::model::{MachineState, ProviderKind};
 use crate::net::{BoxBody, text_response};
-use crate::runtime::WorldState;
-use crate::world::{MachineState, ProviderKind};
+use crate::platform::Platform;
 
 /// `FLY_BASE_DOMAIN`.
 pub const FLY_BASE_DOMAIN: &str = "fly.dev";
@@ -40,12 +43,34 @@ pub fn sanitize_app_name(external_id: &str) -> String {
         .collect()
 }
 
+/// What the Fly edge reads: its endpoint, the world's Fly machines by app name, and the
+/// platform's records (a machine the platform has stopped is not running).
+pub struct FlyEdge {
+    pub endpoint: Endpoint,
+    platform: Arc<Platform>,
+    apps: Vec<(String, Arc<Machine>)>,
+}
+
+impl FlyEdge {
+    pub fn new(endpoint: Endpoint, platform: Arc<Platform>, machines: &[Arc<Machine>]) -> FlyEdge {
+        let apps = machines_by_key(machines, ProviderKind::Fly, |m| {
+            m.spec.external_id.as_deref().map(sanitize_app_name)
+        });
+        FlyEdge {
+            endpoint,
+            platform,
+            apps,
+        }
+    }
+}
+
 pub async fn edge_handle(
-    state: Arc<WorldState>,
+    ctx: Arc<FlyEdge>,
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<BoxBody> {
-    if let Some(resp) = provider_faults(&state, ProviderKind::Fly, &req, "edge", "").await {
+    let ep = &ctx.endpoint;
+    if let Some(resp) = provider_faults(ep, &req, "edge", "").await {
         return resp;
     }
     let host = host_of(&req);
@@ -53,23 +78,21 @@ pub async fn edge_handle(
         .strip_suffix(&format!(".{FLY_BASE_DOMAIN}"))
         .unwrap_or("")
         .to_string();
-    let Some(machine) = state.fly_machine_by_app(&app) else {
+    let Some(machine) = find(&ctx.apps, &app) else {
         return refuse(
-            &state,
-            "fly",
+            ep,
             &req,
             format!("no app {app:?} on this edge"),
             text_response(StatusCode::NOT_FOUND, ""),
         );
     };
-    let mstate = state.machine_state(&machine.spec.id);
+    let mstate = ctx.platform.machine_state(&machine.spec.id);
     if matches!(
         mstate,
         Some(MachineState::Stopped) | Some(MachineState::Archived)
     ) {
         return refuse(
-            &state,
-            "fly",
+            ep,
             &req,
             format!(
                 "app {app}: machine {} is not running (PR04: no healthy candidate)",
@@ -101,7 +124,7 @@ pub async fn edge_handle(
         ("via".to_string(), "1.1 fly.io".to_string()),
     ];
     let decision = format!("app {app} → machine {} port 8080", machine.spec.id);
-    forward_to_machine(&state, "fly", req, machine.proxy_addr(), added, decision).await
+    forward_to_machine(ep, req, machine.proxy_addr(), added, decision).await
 }
 
 #[cfg(test)]

@@ -2,27 +2,118 @@
 //! through the Engine API), Fly (`https://<app>.fly.dev`, the edge forwards to the machine's 8080)
 //! and Daytona (`https://8080-<sandbox>.proxy.daytona.works`).
 
+//!
+//! Each provider's handler takes its own context ([`docker::DockerEngine`], [`fly::FlyEdge`],
+//! [`daytona::DaytonaProxy`]), built around an [`Endpoint`]: the part of the provider that
+//! answers, with its faults.
+
 pub mod daytona;
 pub mod docker;
-pub mod docker_proxy;
 pub mod fly;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
-use crate::net::{BoxBody, boxed, is_upgrade, relay_response, text_response};
-use crate::runtime::WorldState;
-use crate::trace::{Event, ProviderEvent, TRACE_HEADER};
+use crate::machine::Machine;
+use crate::model::{ProviderFault, ProviderKind};
+use crate::net::{BoxBody, SimNetwork, boxed, is_upgrade, relay_response, text_response};
+use crate::trace::{Event, ProviderEvent, TRACE_HEADER, TraceStore};
+
+/// The part of a provider that answers (Docker: the Engine API; Fly: the edge; Daytona: the
+/// preview proxy): its address on the sim network, its switched-on faults, the network it
+/// forwards on and the trace it records into.
+pub struct Endpoint {
+    pub kind: ProviderKind,
+    addr: SocketAddr,
+    net: Arc<SimNetwork>,
+    trace: Arc<TraceStore>,
+    faults: RwLock<Switched>,
+}
+
+#[derive(Default)]
+struct Switched {
+    status: Option<u16>,
+    delay: Option<Duration>,
+}
+
+impl Endpoint {
+    pub fn new(
+        kind: ProviderKind,
+        addr: SocketAddr,
+        net: Arc<SimNetwork>,
+        trace: Arc<TraceStore>,
+    ) -> Endpoint {
+        Endpoint {
+            kind,
+            addr,
+            net,
+            trace,
+            faults: RwLock::new(Switched::default()),
+        }
+    }
+
+    /// Switches a fault on (or, `Healthy`, every fault off).
+    pub fn apply(&self, fault: ProviderFault) {
+        let set = |f: &dyn Fn(&mut Switched)| {
+            if let Ok(mut s) = self.faults.write() {
+                f(&mut s);
+            }
+        };
+        match fault {
+            ProviderFault::Refuses => self.net.set_refused(self.addr, true),
+            ProviderFault::Status(code) => set(&|s| s.status = Some(code)),
+            ProviderFault::Slow { delay_ms } => {
+                set(&|s| s.delay = Some(Duration::from_millis(delay_ms)))
+            }
+            ProviderFault::Healthy => {
+                set(&|s| *s = Switched::default());
+                self.net.set_refused(self.addr, false);
+            }
+        }
+    }
+
+    /// The `provider_slow` delay, if switched on.
+    pub fn delay(&self) -> Option<Duration> {
+        self.faults.read().ok()?.delay
+    }
+
+    /// The `provider_status` answer, if switched on.
+    pub fn status(&self) -> Option<u16> {
+        self.faults.read().ok()?.status
+    }
+}
+
+/// The world's machines of one provider by the provider's own key for them (container reference,
+/// app name, sandbox id), in world order: the first machine with a key wins it.
+pub(crate) fn machines_by_key(
+    machines: &[Arc<Machine>],
+    kind: ProviderKind,
+    key: impl Fn(&Machine) -> Option<String>,
+) -> Vec<(String, Arc<Machine>)> {
+    machines
+        .iter()
+        .filter(|m| m.spec.provider == kind)
+        .filter_map(|m| Some((key(m)?, m.clone())))
+        .collect()
+}
+
+/// The first machine with this key.
+pub(crate) fn find<'a>(
+    machines: &'a [(String, Arc<Machine>)],
+    key: &str,
+) -> Option<&'a Arc<Machine>> {
+    machines.iter().find(|(k, _)| k == key).map(|(_, m)| m)
+}
 
 /// Forwards a request that a provider edge accepted to an address on the machine, adding the
 /// provider's headers, and records what the provider did.
 pub(crate) async fn forward_to_machine(
-    state: &Arc<WorldState>,
-    provider: &str,
+    endpoint: &Endpoint,
     mut req: Request<Incoming>,
     target: SocketAddr,
     added: Vec<(String, String)>,
@@ -49,7 +140,8 @@ pub(crate) async fn forward_to_machine(
         Ok(u) => u,
         Err(_) => return text_response(StatusCode::BAD_REQUEST, "bad request target"),
     };
-    let result = state
+    let provider = endpoint.kind.as_str();
+    let result = endpoint
         .net
         .send(Request::from_parts(parts, boxed(body)))
         .await;
@@ -68,7 +160,7 @@ pub(crate) async fn forward_to_machine(
         }
     };
     if let Some(id) = trace_id {
-        state.trace.record(
+        endpoint.trace.record(
             &id,
             Event::Provider(ProviderEvent {
                 provider: provider.into(),
@@ -94,20 +186,18 @@ fn provider_unreachable(provider: &str) -> (StatusCode, &'static str) {
 /// The provider's switched-on faults: first a delay, then, if set, a fixed answer that never
 /// reaches the machine. `label` names the part of the provider that answers.
 pub(crate) async fn provider_faults(
-    state: &Arc<WorldState>,
-    kind: crate::world::ProviderKind,
+    endpoint: &Endpoint,
     req: &Request<Incoming>,
     label: &str,
     body: &str,
 ) -> Option<Response<BoxBody>> {
-    if let Some(delay) = state.provider_delay(kind) {
+    if let Some(delay) = endpoint.delay() {
         tokio::time::sleep(delay).await;
     }
-    let code = state.provider_status(kind)?;
+    let code = endpoint.status()?;
     let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     Some(refuse(
-        state,
-        kind.as_str(),
+        endpoint,
         req,
         format!("{label} fault: answers {code}"),
         text_response(status, body),
@@ -149,17 +239,16 @@ pub(crate) fn describe_url(req: &Request<Incoming>) -> String {
 
 /// Records a provider refusal (no machine reached) and returns the response.
 pub(crate) fn refuse(
-    state: &Arc<WorldState>,
-    provider: &str,
+    endpoint: &Endpoint,
     req: &Request<Incoming>,
     decision: String,
     resp: Response<BoxBody>,
 ) -> Response<BoxBody> {
     if let Some(id) = trace_id(req) {
-        state.trace.record(
+        endpoint.trace.record(
             &id,
             Event::Provider(ProviderEvent {
-                provider: provider.into(),
+                provider: endpoint.kind.as_str().into(),
                 request: format!("{} {}", req.method(), describe_url(req)),
                 decision,
                 added_headers: vec![],

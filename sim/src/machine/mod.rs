@@ -5,6 +5,11 @@
 //! A machine can also be remote: a real container (the docker backend) that runs the shipped
 //! proxy binary and the apps, reached through its published port; the world drives it through
 //! [`RemoteMachine`].
+//!
+//! An in-process Docker machine imitates its container: [`docker_proxy`] is the engine's
+//! userland proxy on the published host port.
+
+pub mod docker_proxy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -14,59 +19,17 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use proxy::access_log::{AccessLog, RequestRecord, Tee, TracingAccessLog};
 use proxy::{ProxyConfig, Secret};
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::apps::App;
-use crate::faults::Fault;
-use crate::providers::docker_proxy::PublishedPort;
+use crate::model::{
+    ContainerAction, ContainerState, Fault, FaultError, MachineFault, MachineSpec, ProviderKind,
+};
 use crate::trace::{Event, MachineEvent, TRACE_HEADER, TraceStore};
-use crate::world::MachineSpec;
+use docker_proxy::PublishedPort;
 
 /// The port the machine proxy listens on, on the machine.
 pub const MACHINE_INGRESS_PORT: u16 = 8080;
-
-/// What can be done to a Docker machine's container (`docker stop|start|restart|pause|unpause`,
-/// `docker network disconnect|connect`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ContainerAction {
-    Stop,
-    Start,
-    Restart,
-    Pause,
-    Unpause,
-    Disconnect,
-    Connect,
-}
-
-/// A container's state as the engine reports it (and as an in-process machine imitates it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContainerState {
-    Running,
-    Paused,
-    Exited,
-    /// Running, but not on the network its port is published from.
-    Disconnected,
-}
-
-impl ContainerState {
-    /// Whether the engine reports a host port for 8080 (a real engine drops the binding when the
-    /// container stops or leaves the network, and gives a new one when it comes back).
-    pub fn port_published(self) -> bool {
-        matches!(self, ContainerState::Running | ContainerState::Paused)
-    }
-    pub fn running(self) -> bool {
-        self != ContainerState::Exited
-    }
-    pub fn status(self) -> &'static str {
-        match self {
-            ContainerState::Running | ContainerState::Disconnected => "running",
-            ContainerState::Paused => "paused",
-            ContainerState::Exited => "exited",
-        }
-    }
-}
 
 /// A machine that runs elsewhere (a real container), driven by the world.
 pub trait RemoteMachine: Send + Sync + 'static {
@@ -168,7 +131,7 @@ impl Machine {
             published: Mutex::new(None),
         });
         m.serve_proxy(listener);
-        if m.spec.provider == crate::world::ProviderKind::Docker && m.spec.metadata.publish_8080 {
+        if m.spec.provider == ProviderKind::Docker && m.spec.metadata.publish_8080 {
             m.publish().await?;
         }
         Ok(m)
@@ -324,7 +287,7 @@ impl Machine {
     /// any other machine's proxy.
     pub fn public_addr(&self) -> SocketAddr {
         match self.spec.provider {
-            crate::world::ProviderKind::Docker => self.host_addr().unwrap_or(self.proxy_addr()),
+            ProviderKind::Docker => self.host_addr().unwrap_or(self.proxy_addr()),
             _ => self.proxy_addr(),
         }
     }
@@ -393,6 +356,47 @@ impl Machine {
             }
             // As the engine: an action that does not apply to the current state changes nothing.
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Carries out a fault aimed at this machine; `fault` is the whole fault as written (a remote
+    /// machine is sent it as is).
+    pub async fn apply(&self, fault: &Fault, what: MachineFault) -> Result<(), FaultError> {
+        let id = &self.spec.id;
+        if matches!(what, MachineFault::Container(_)) && self.spec.provider != ProviderKind::Docker
+        {
+            return Err(FaultError::NotDocker {
+                machine: id.clone(),
+            });
+        }
+        if let Some(r) = &self.remote {
+            return r.apply(fault).await.map_err(|message| FaultError::Machine {
+                machine: id.clone(),
+                message,
+            });
+        }
+        match what {
+            MachineFault::ProxyDown => self.proxy_down().await,
+            MachineFault::Container(action) => {
+                self.container_action(action)
+                    .await
+                    .map_err(|e| FaultError::Machine {
+                        machine: id.clone(),
+                        message: e.to_string(),
+                    })?
+            }
+            MachineFault::App { port, fault } => {
+                let app = self.app(port).ok_or_else(|| FaultError::UnknownApp {
+                    machine: id.clone(),
+                    port,
+                })?;
+                app.apply(fault).await.map_err(|source| FaultError::AppUp {
+                    machine: id.clone(),
+                    port,
+                    source,
+                })?
+            }
         }
         Ok(())
     }

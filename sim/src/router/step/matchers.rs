@@ -5,6 +5,30 @@
 //! run of characters *including dots* (reference §4 V0 [obs]: `*.iterate.town` matches
 //! `a.b.iterate.town`). Also supported: `?` (one character), `[abc]`, `[a-z]`, `[!x]`/`[^x]`, and
 //! `{a,b}` brace alternatives (not nested). Matching is case-insensitive.
+//!
+//! The steps: [`configured`] (no matchers → `500 ingress_not_configured`) and [`matching`] (no
+//! matcher covers the host → `404 not_found`; the first that does is recorded).
+
+use crate::model::{Code, Refusal};
+use crate::trace::RouterEvent;
+
+/// Step: at least one matcher is configured.
+pub fn configured(matchers: &[HostGlob]) -> Result<(), Refusal> {
+    if matchers.is_empty() {
+        return Err(Code::IngressNotConfigured.into());
+    }
+    Ok(())
+}
+
+/// Step: a matcher covers the hostname (the first in configuration order is recorded).
+pub fn matching(matchers: &[HostGlob], ev: &mut RouterEvent) -> Result<(), Refusal> {
+    let m = matchers
+        .iter()
+        .find(|g| g.matches(&ev.hostname))
+        .ok_or(Code::NotFound)?;
+    ev.matched = Some(m.raw.clone());
+    Ok(())
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostGlob {

@@ -9,52 +9,14 @@
 //! identifier, or a port that is not `^\d+$` in 1..65535 → `invalid_port`. Otherwise port = text
 //! before the first `__`, identifier = text after.
 
-use serde::Serialize;
+use crate::model::{DEFAULT_PORT, ParseError, ParsedTarget, Refusal, TargetKind};
+use crate::trace::RouterEvent;
 
-pub const DEFAULT_PORT: u16 = 3000;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TargetKind {
-    Machine,
-    Project,
-}
-
-impl TargetKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TargetKind::Machine => "machine",
-            TargetKind::Project => "project",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ParsedTarget {
-    pub kind: TargetKind,
-    /// The machine id or the project slug.
-    pub id: String,
-    pub target_port: u16,
-    pub port_explicit: bool,
-    pub root_domain: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, thiserror::Error)]
-#[serde(rename_all = "snake_case")]
-pub enum ParseError {
-    #[error("invalid_hostname")]
-    InvalidHostname,
-    #[error("invalid_port")]
-    InvalidPort,
-}
-
-impl ParseError {
-    pub fn code(self) -> &'static str {
-        match self {
-            ParseError::InvalidHostname => "invalid_hostname",
-            ParseError::InvalidPort => "invalid_port",
-        }
-    }
+/// Step (V0): the hostname parsed and recorded; a parse error → `400 <code>`.
+pub fn parsed_v0(ev: &mut RouterEvent) -> Result<ParsedTarget, Refusal> {
+    let parsed = parse_v0(&ev.hostname)?;
+    ev.parsed = Some(parsed.clone());
+    Ok(parsed)
 }
 
 fn parse_port(s: &str) -> Option<u16> {
@@ -113,20 +75,6 @@ pub fn parse_v0(host: &str) -> Result<ParsedTarget, ParseError> {
         port_explicit: explicit,
         root_domain: labels[1..].join("."),
     })
-}
-
-/// Host extraction, V0: the URL's hostname (the `Host` the edge received), lowercased, without
-/// port; `[v6]:port` → the inside of the brackets.
-pub fn request_hostname(host_header: &str) -> String {
-    let first = host_header.split(',').next().unwrap_or("").trim();
-    let host = if let Some(rest) = first.strip_prefix('[') {
-        rest.split(']').next().unwrap_or("")
-    } else if first.matches(':').count() == 1 {
-        first.split(':').next().unwrap_or("")
-    } else {
-        first
-    };
-    host.to_lowercase()
 }
 
 #[cfg(test)]
@@ -237,16 +185,5 @@ mod tests {
         );
         // Nested host under a matcher: label 0 is the token.
         assert_eq!(ok("a.b.iterate.town").1, "a");
-    }
-
-    #[test]
-    fn host_extraction() {
-        assert_eq!(
-            request_hostname("Misha.Iterate.Town:443"),
-            "misha.iterate.town"
-        );
-        assert_eq!(request_hostname("[::1]:8080"), "::1");
-        assert_eq!(request_hostname("a.b, c.d"), "a.b");
-        assert_eq!(request_hostname(""), "");
     }
 }

@@ -1,0 +1,160 @@
+//! A refusal by the OS router: a status, a stable error code and the details that later
+//! generations put in their envelope. It is rendered in one place (see [`Refusal::body`]).
+
+use http::StatusCode;
+use serde::Serialize;
+use serde_json::json;
+
+use super::ParseError;
+
+/// The router's error codes (reference §4), each with its one status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// No host matchers configured.
+    IngressNotConfigured,
+    /// The host is not an ingress host.
+    NotFound,
+    InvalidHostname,
+    InvalidPort,
+    MachineNotFound,
+    /// The machine has no external id.
+    MachineUnavailable,
+    /// The transport to the machine failed.
+    ProxyError,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::IngressNotConfigured => "ingress_not_configured",
+            Code::NotFound => "not_found",
+            Code::InvalidHostname => "invalid_hostname",
+            Code::InvalidPort => "invalid_port",
+            Code::MachineNotFound => "machine_not_found",
+            Code::MachineUnavailable => "machine_unavailable",
+            Code::ProxyError => "proxy_error",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::IngressNotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::NotFound | Code::MachineNotFound => StatusCode::NOT_FOUND,
+            Code::InvalidHostname | Code::InvalidPort => StatusCode::BAD_REQUEST,
+            Code::MachineUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::ProxyError => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl From<ParseError> for Code {
+    fn from(e: ParseError) -> Code {
+        match e {
+            ParseError::InvalidHostname => Code::InvalidHostname,
+            ParseError::InvalidPort => Code::InvalidPort,
+        }
+    }
+}
+
+/// What a refusal says beyond its code. V0 shows none of it in its body (the trace shows
+/// `proxy_error`); V1+ render it as the envelope's `details` (reference §4 "Error envelope").
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Details {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname_labels: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parsed_target: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parsed_target_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<serde_json::Value>,
+    /// The transport's error message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_error: Option<String>,
+}
+
+/// The shape of an error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// `{"error":"<code>"}` (V0).
+    Code,
+    /// `{"error":"<code>","details":{…}}` (V1+).
+    CodeAndDetails,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub code: Code,
+    /// Boxed: a refusal travels as the `Err` of every step.
+    pub details: Box<Details>,
+}
+
+impl Refusal {
+    pub fn new(code: Code) -> Refusal {
+        Refusal {
+            code,
+            details: Box::default(),
+        }
+    }
+
+    /// `502 proxy_error` with the transport's message.
+    pub fn proxy_error(message: impl Into<String>) -> Refusal {
+        Refusal {
+            code: Code::ProxyError,
+            details: Box::new(Details {
+                proxy_error: Some(message.into()),
+                ..Details::default()
+            }),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.code.status()
+    }
+
+    /// The JSON body in `envelope`'s shape.
+    pub fn body(&self, envelope: Envelope) -> serde_json::Value {
+        match envelope {
+            Envelope::Code => json!({"error": self.code.as_str()}),
+            Envelope::CodeAndDetails => {
+                json!({"error": self.code.as_str(), "details": self.details})
+            }
+        }
+    }
+}
+
+impl From<Code> for Refusal {
+    fn from(code: Code) -> Refusal {
+        Refusal::new(code)
+    }
+}
+
+impl From<ParseError> for Refusal {
+    fn from(e: ParseError) -> Refusal {
+        Refusal::new(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes() {
+        let r = Refusal::proxy_error("connect ECONNREFUSED 127.0.0.1:1");
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(r.body(Envelope::Code), json!({"error": "proxy_error"}));
+        assert_eq!(
+            r.body(Envelope::CodeAndDetails),
+            json!({"error": "proxy_error", "details": {"proxyError": "connect ECONNREFUSED 127.0.0.1:1"}})
+        );
+        let r = Refusal::from(ParseError::InvalidPort);
+        assert_eq!(
+            (r.status(), r.code.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid_port")
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! The router's steps, shared by the generations. Each is a function that records its decision
+//! in the router's trace event and refuses with a typed [`crate::model::Refusal`].
+
+pub mod forward;
+pub mod host;
+pub mod hostname;
+pub mod matchers;
+pub mod resolve;
+pub mod target;
+pub mod transport;
