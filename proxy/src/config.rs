@@ -98,7 +98,7 @@ impl Default for Limits {
 pub struct ProxyConfig {
     /// When set, non-health requests must present it in `X-Iterate-Project-Ingress-Secret`.
     pub secret: Option<Secret>,
-    /// Where "localhost:<port>" is. Production: [`Loopback`].
+    /// Where `localhost:<port>` is. Production: [`Loopback`].
     pub localhost: Arc<dyn Localhost>,
     /// The port this proxy is reached on *on the machine*; a target equal to it is refused (no
     /// self-loop). `None` means the listener's own port.

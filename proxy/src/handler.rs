@@ -8,85 +8,21 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioIo;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
-use crate::config::{ProxyConfig, SECRET_HEADER, TARGET_HOST_HEADER, VIA_HEADER};
+use crate::config::{SECRET_HEADER, TARGET_HOST_HEADER, VIA_HEADER};
 use crate::guard::EndFlag;
 use crate::hop_headers::{connection_has_token, strip_hop_by_hop};
 use crate::host::valid_host;
-use crate::localhost::{LocalConnector, UpstreamAddr, connect_local};
+use crate::localhost::{UpstreamAddr, connect_local};
 use crate::responses::{BoxBody, ProxyError, empty, health, json_error};
+use crate::retry::{is_idempotent, stale_connection};
+use crate::shared::Shared;
 use crate::target_host::{Target, TargetHostError, parse_target_host_bytes};
-use crate::tunnel::Tunnels;
 use crate::upstream_body::{ClientBody, Progress, UpstreamBody, with_head_timeout};
 
 pub(crate) type ProxyBody = LoggedBody<BoxBody>;
-
-/// State shared by all connections of one `serve`.
-pub(crate) struct Shared {
-    pub(crate) cfg: ProxyConfig,
-    pub(crate) self_port: u16,
-    pub(crate) client: Client<LocalConnector, UpstreamBody>,
-    pub(crate) tunnels: Tunnels,
-    /// Idle upstream connections of the fast path.
-    pub(crate) pool: crate::pool::Pool,
-    /// Set when the graceful shutdown starts: connections close after their current response.
-    pub(crate) stopping: AtomicBool,
-    next_id: AtomicU64,
-    id_prefix: String,
-}
-
-impl Shared {
-    pub(crate) fn new(
-        cfg: ProxyConfig,
-        self_port: u16,
-        client: Client<LocalConnector, UpstreamBody>,
-    ) -> Shared {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
-            .unwrap_or(0);
-        let pool = crate::pool::Pool::new(
-            cfg.limits.pool_max_idle_per_port,
-            cfg.limits.pool_idle_timeout,
-        );
-        Shared {
-            cfg,
-            self_port,
-            client,
-            tunnels: Tunnels::default(),
-            pool,
-            stopping: AtomicBool::new(false),
-            next_id: AtomicU64::new(1),
-            id_prefix: format!("{:08x}{:04x}", nanos, std::process::id() & 0xffff),
-        }
-    }
-
-    fn request_id(&self, req: &Request<Incoming>) -> String {
-        self.request_id_from(
-            req.headers()
-                .get(&self.cfg.request_id_header)
-                .map(|v| v.as_bytes()),
-        )
-    }
-
-    /// The client's request id when it sent a usable one, else a fresh one.
-    pub(crate) fn request_id_from(&self, presented: Option<&[u8]>) -> String {
-        if let Some(v) = presented
-            && !v.is_empty()
-            && v.len() <= 128
-            // What `HeaderValue::to_str` accepts: visible ASCII, space and tab.
-            && v.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
-            && let Ok(s) = std::str::from_utf8(v)
-        {
-            return s.to_string();
-        }
-        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.id_prefix)
-    }
-}
 
 /// Whether a request mentions an upgrade at all (an `Upgrade` field or a `Connection: upgrade`
 /// option), honoured or not: such a request is the last one read on its connection unless the app
@@ -298,43 +234,6 @@ fn response_head_len(resp: &Response<Incoming>) -> usize {
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     fields + 17 + resp.status().canonical_reason().map_or(0, str::len)
-}
-
-/// Idempotent methods (RFC 9110 §9.2.2): only these may be sent again after a dead connection.
-pub(crate) fn is_idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
-}
-
-/// Whether a failed upstream request provably did not get an answer because the connection
-/// died under it (a pooled connection the app closed, as Node does after 5 s idle) rather than
-/// because the app is down: only then may a body-less idempotent request be sent again.
-fn stale_connection(e: &hyper_util::client::legacy::Error) -> bool {
-    if e.is_connect() {
-        return false;
-    }
-    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(h) = s.downcast_ref::<hyper::Error>()
-            && (h.is_incomplete_message() || h.is_canceled())
-        {
-            return true;
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            )
-        {
-            return true;
-        }
-        src = s.source();
-    }
-    false
 }
 
 /// `http://localhost:<port><path-and-query>`, the path and query byte-for-byte.

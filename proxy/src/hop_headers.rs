@@ -6,7 +6,7 @@
 //! headers, so a client that names `X-Iterate-Proxy-Via` in `Connection` cannot strip it.
 //!
 //! A message's framing is decided before, and independently of, this removal: `Connection` never
-//! removes `Content-Length`, `Transfer-Encoding` or `Host` ([`never_nominated`]). A nomination of
+//! removes `Content-Length`, `Transfer-Encoding` or `Host` (`never_nominated`). A nomination of
 //! one of them is ignored (RFC 9110 §7.6.1 forbids sending it; honouring it would forward a body
 //! without the field that delimits it, and the next hop would read the body as the next request).
 

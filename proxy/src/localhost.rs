@@ -1,4 +1,4 @@
-//! Where "localhost:<port>" is, and how the proxy connects there.
+//! Where `localhost:<port>` is, and how the proxy connects there.
 //!
 //! Production uses [`Loopback`]: `127.0.0.1:<port>` first and, when that is refused, `[::1]:<port>`
 //! at once (Vite and Node bind only `::1` when told `localhost`). An embedder (the simulator) may

@@ -16,8 +16,9 @@ use tokio::task::JoinSet;
 use crate::config::ProxyConfig;
 use crate::fast::{FastConn, Next, Stop};
 use crate::guard::{EndFlag, FramingGuard};
-use crate::handler::{Shared, handle};
+use crate::handler::handle;
 use crate::localhost::LocalConnector;
+use crate::shared::Shared;
 
 /// Most header fields accepted in an app's response head.
 const MAX_RESPONSE_HEADERS: usize = crate::fast::RESP_HEADERS;
