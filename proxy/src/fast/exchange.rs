@@ -4,7 +4,7 @@
 use super::FIRST_READ;
 use super::response::{Head, RespHead, response_head};
 use super::timer::MovingDeadline;
-use super::upload::BodyStream;
+use super::upload::{BodyError, BodyStream, write_to};
 use std::io;
 use std::net::SocketAddr;
 
@@ -116,9 +116,10 @@ pub(super) async fn exchange(
             head_timeout: limits.upstream_head_timeout,
             head_limit: limits.max_response_head_bytes,
         };
-        body.run(pending, ubuf, out)
-            .await
-            .map_err(|e| e.unwrap_or(Exchange::Failed(Some(addr))))?
+        body.run(pending, ubuf, out).await.map_err(|e| match e {
+            BodyError::Upstream => Exchange::Failed(Some(addr)),
+            BodyError::ClientGone => Exchange::ClientGone,
+        })?
     } else {
         0
     };
@@ -164,17 +165,4 @@ pub(super) async fn exchange(
             Err(_) => return Err(failed),
         }
     }
-}
-
-/// Writes all of `buf` to a stream that another future may be reading from at the same time.
-pub(super) async fn write_to(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        s.writable().await?;
-        match s.try_write(buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

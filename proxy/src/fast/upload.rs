@@ -1,7 +1,6 @@
 //! A request body copied from the client to the app after its head, while the app is watched.
 
 use super::FIRST_READ;
-use super::exchange::{Exchange, write_to};
 use super::response::{Head, response_head};
 use super::timer::MovingDeadline;
 use std::io;
@@ -11,6 +10,28 @@ use tokio::time::Instant;
 
 /// Buffer for streaming a request body that did not arrive with its head.
 pub(super) const BODY_CHUNK: usize = 16 * 1024;
+
+/// Why copying a body stopped short.
+#[derive(Debug)]
+pub(super) enum BodyError {
+    /// The app's connection failed (or the app closed it).
+    Upstream,
+    /// The client went away.
+    ClientGone,
+}
+
+/// Writes all of `buf` to a stream that another future may be reading from at the same time.
+pub(super) async fn write_to(s: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        s.writable().await?;
+        match s.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// A request body being copied from the client to the app after its head.
 pub(super) struct BodyStream<'a> {
@@ -27,13 +48,13 @@ impl BodyStream<'_> {
     /// Interim responses (`103 Early Hints`, an unprompted `100`) are passed on to the client and
     /// the body goes on; the start of any other response is the app answering early: the copy
     /// stops and returns how many body bytes were not sent (the answer's first bytes are then in
-    /// `ubuf`). `Err(None)` is an upstream failure, `Err(Some(ClientGone))` the client leaving.
+    /// `ubuf`).
     pub(super) async fn run(
         &self,
         mut pending: u64,
         ubuf: &mut Vec<u8>,
         out: &mut Vec<u8>,
-    ) -> Result<u64, Option<Exchange>> {
+    ) -> Result<u64, BodyError> {
         let (client, up) = (self.client, self.up);
         let mut chunk = vec![0u8; BODY_CHUNK];
         let (mut lo, mut hi) = (0usize, 0usize);
@@ -41,42 +62,42 @@ impl BodyStream<'_> {
             tokio::select! {
                 biased;
                 r = up.readable() => {
-                    r.map_err(|_| None)?;
+                    r.map_err(|_| BodyError::Upstream)?;
                     ubuf.reserve(FIRST_READ);
                     match up.try_read_buf(ubuf) {
                         // The app gives up before the whole body is sent.
-                        Ok(0) => return Err(None),
+                        Ok(0) => return Err(BodyError::Upstream),
                         Ok(_) => {
                             if self.pass_interims(ubuf, out).await? || ubuf.len() > self.head_limit {
                                 return Ok(pending + (hi - lo) as u64);
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(None),
+                        Err(_) => return Err(BodyError::Upstream),
                     }
                 }
                 r = client.readable(), if lo == hi => {
-                    r.map_err(|_| Some(Exchange::ClientGone))?;
+                    r.map_err(|_| BodyError::ClientGone)?;
                     let want = usize::try_from(pending).unwrap_or(usize::MAX).min(chunk.len());
                     match client.try_read(&mut chunk[..want]) {
-                        Ok(0) => return Err(Some(Exchange::ClientGone)),
+                        Ok(0) => return Err(BodyError::ClientGone),
                         Ok(n) => {
                             (lo, hi) = (0, n);
                             pending -= n as u64;
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(Some(Exchange::ClientGone)),
+                        Err(_) => return Err(BodyError::ClientGone),
                     }
                 }
                 r = up.writable(), if lo < hi => {
-                    r.map_err(|_| None)?;
+                    r.map_err(|_| BodyError::Upstream)?;
                     match up.try_write(&chunk[lo..hi]) {
                         Ok(n) => {
                             lo += n;
                             self.progress.set(Instant::now() + self.head_timeout);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(None),
+                        Err(_) => return Err(BodyError::Upstream),
                     }
                 }
             }
@@ -90,14 +111,14 @@ impl BodyStream<'_> {
         &self,
         ubuf: &mut Vec<u8>,
         out: &mut Vec<u8>,
-    ) -> Result<bool, Option<Exchange>> {
+    ) -> Result<bool, BodyError> {
         let mut start = 0;
         let answered = loop {
             match response_head(&ubuf[start..], false, false, out) {
                 Head::Interim(n) => {
                     write_to(self.client, out)
                         .await
-                        .map_err(|_| Some(Exchange::ClientGone))?;
+                        .map_err(|_| BodyError::ClientGone)?;
                     start += n;
                 }
                 Head::Partial => break false,
