@@ -189,10 +189,23 @@ pub async fn run_scenario(
         Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
     };
     let world_path = scenario.world_path(&found.path, &layout.worlds());
+    let text = std::fs::read_to_string(&found.path).unwrap_or_default();
+    if !world_path.is_file() && sim::scenario::is_world_name(&scenario.world) {
+        // Name the scenario's line and the worlds there are, rather than a bare "cannot read".
+        let msg = sim::scenario::resolve_world_arg(&scenario.world, &[layout.worlds()])
+            .err()
+            .unwrap_or_default();
+        let msg = msg.replacen(&format!("--world {}", scenario.world), "world", 1);
+        let e = sim::fixture_file::FixtureError::invalid(&text, &found.path, &msg);
+        return ScenarioRun::failed(found, e.to_string(), start.elapsed());
+    }
     let spec = match WorldSpec::load(&world_path) {
         Ok(s) => s,
         Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
     };
+    if let Err(e) = scenario.check_against(&spec, &text, &found.path) {
+        return ScenarioRun::failed(found, e.to_string(), start.elapsed());
+    }
     let world = match docker {
         None => World::start(spec).await.map_err(|e| e.to_string()),
         Some(env) => match docker_world(env, spec, &scenario).await {

@@ -236,3 +236,51 @@ fn usage_names_cargo_xtask_e2e() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Usage: cargo xtask e2e [OPTIONS]"), "{text}");
 }
+
+/// What only the world can tell is checked before anything runs, with the scenario's line and a
+/// suggestion: a misspelt world, a fault or `direct` naming a machine the world does not have.
+#[test]
+fn scenario_errors_against_the_world() {
+    let dir = fixtures();
+    let write = |name: &str, body: &str| {
+        std::fs::write(dir.join(format!("scenarios/demo/{name}.toml")), body).unwrap()
+    };
+    write(
+        "bad_world",
+        "description = \"x\"\nworld = \"defualt\"\n[[steps]]\nurl = \"https://a.iterate.town/\"\n",
+    );
+    write(
+        "bad_fault",
+        "description = \"x\"\nworld = \"default\"\n[[steps]]\nurl = \"https://misha.iterate.town/\"\n\n[[steps]]\nurl = \"https://misha.iterate.town/\"\nfaults = [{ fault = \"app_down\", machine = \"mach_12\", port = 3000 }]\n",
+    );
+    write(
+        "bad_port",
+        "description = \"x\"\nworld = \"default\"\n[[steps]]\nurl = \"https://misha.iterate.town/\"\nfaults = [{ fault = \"app_down\", machine = \"mach_123\", port = 3999 }]\n",
+    );
+    write(
+        "bad_direct",
+        "description = \"x\"\nworld = \"default\"\n[[steps]]\nurl = \"http://127.0.0.1:8080/\"\ndirect = \"mach_nope_at_all\"\n",
+    );
+    let (code, out) = e2e(&dir, &["bad_"], true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("bad_world.toml:2:1: world: no defualt.toml in ")
+            && out.contains("; did you mean default?"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad_fault.toml:8:1: steps[1].faults: no machine \"mach_12\" in world \"default\"; did you mean \"mach_123\"? (step 2, faults)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad_port.toml:5:1: steps[0].faults: machine mach_123 has no app on port 3999 (its apps: "),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad_direct.toml:5:1: steps[0].direct: no machine \"mach_nope_at_all\" in world \"default\"; the world has mach_123, "),
+        "{out}"
+    );
+    // Nothing ran: no snapshot was compared or written.
+    assert!(!out.contains("snapshot"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -147,7 +147,10 @@ fn every_cited_id_is_in_the_catalogue() {
             }
         }
     }
-    assert!(seen > 10, "the scan found almost no ids ({seen}): is it looking?");
+    assert!(
+        seen > 10,
+        "the scan found almost no ids ({seen}): is it looking?"
+    );
     assert!(
         missing.is_empty(),
         "ids cited but not defined in docs/catalogue.md:\n{}",
@@ -228,7 +231,9 @@ fn toolchain_floor_is_true_and_checked() {
         .as_str()
         .expect("workspace.package.rust-version")
         .to_string();
-    let edition = manifest["workspace"]["package"]["edition"].as_str().unwrap();
+    let edition = manifest["workspace"]["package"]["edition"]
+        .as_str()
+        .unwrap();
 
     // clippy's incompatible_msrv lint (on by default, an error under CI's -D warnings) reads
     // this; it must agree with Cargo.toml.
