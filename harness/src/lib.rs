@@ -551,27 +551,17 @@ pub fn tidy_snapshots(
 }
 
 fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+    walk(root).0
 }
 
 /// Folders strictly under `root`.
 fn dirs_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+    walk(root).1
+}
+
+/// (files, folders) under `root`, at any depth.
+fn walk(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&dir) else {
@@ -581,11 +571,13 @@ fn dirs_under(root: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p.clone());
-                out.push(p);
+                dirs.push(p);
+            } else {
+                files.push(p);
             }
         }
     }
-    out
+    (files, dirs)
 }
 
 /// Runs one scenario in-process on its own runtime and checks its expectations and snapshots;

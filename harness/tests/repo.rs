@@ -181,6 +181,16 @@ fn cargo_metadata() -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The workspace's own package ids.
+fn members(meta: &serde_json::Value) -> BTreeSet<&str> {
+    meta["workspace_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect()
+}
+
 /// cargo-insta looks for pending `.snap.new` files under every workspace package's folder and
 /// every target's source folder (its `find_snapshot_roots`); fixtures/snapshots is outside every
 /// package, so a target must have its source in fixtures/ for `cargo insta review` to find them.
@@ -188,12 +198,7 @@ fn cargo_metadata() -> serde_json::Value {
 fn cargo_insta_review_finds_the_pending_snapshots() {
     let meta = cargo_metadata();
     let fixtures = root().join("fixtures").canonicalize().unwrap();
-    let members: BTreeSet<&str> = meta["workspace_members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
+    let members = members(&meta);
     let mut roots = Vec::new();
     for p in meta["packages"].as_array().unwrap() {
         if !members.contains(p["id"].as_str().unwrap()) {
@@ -271,12 +276,7 @@ fn toolchain_floor_is_true_and_checked() {
 
     // Every package inherits it, and no locked dependency needs more.
     let meta = cargo_metadata();
-    let members: BTreeSet<&str> = meta["workspace_members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v.as_str())
-        .collect();
+    let members = members(&meta);
     let resolved: BTreeSet<&str> = meta["resolve"]["nodes"]
         .as_array()
         .unwrap()

@@ -218,16 +218,22 @@ fn scenario_new_writes_a_loadable_scenario_with_the_observed_outcome() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn up_serves_until_ctrl_c() {
-    let w = world();
+/// `ingress-sim up --world WORLD` with its stdout piped.
+fn spawn_up(world: &str) -> (std::process::Child, std::process::ChildStdout) {
     let mut child = Command::new(BIN)
-        .args(["up", "--world", w.to_str().unwrap()])
+        .args(["up", "--world", world])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    (child, stdout)
+}
+
+#[tokio::test]
+async fn up_serves_until_ctrl_c() {
+    let w = world();
+    let (mut child, stdout) = spawn_up(w.to_str().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -570,17 +576,12 @@ fn app_hop(args: &[&str]) -> (String, Vec<String>, u64) {
 /// misspelt name gets a suggestion.
 #[test]
 fn world_by_name_or_path() {
-    let (code, out, err) = run(&["trace", "--world", "default", "https://misha.iterate.town/"]);
-    assert_eq!(code, 0, "{err}");
-    assert!(out.ends_with("reached the app\n"), "{out}");
-    let w = world();
-    let (code, _, err) = run(&[
-        "trace",
-        "--world",
-        w.to_str().unwrap(),
-        "https://misha.iterate.town/",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let path = world();
+    for w in ["default", path.to_str().unwrap()] {
+        let (code, out, err) = run(&["trace", "--world", w, "https://misha.iterate.town/"]);
+        assert_eq!(code, 0, "{w}: {err}");
+        assert!(out.ends_with("reached the app\n"), "{w}: {out}");
+    }
     let (code, _, err) = run(&["trace", "--world", "defualt", "https://misha.iterate.town/"]);
     assert_eq!(code, 1);
     assert!(
@@ -636,50 +637,34 @@ fn curl_flags_behave_as_curl() {
     assert!(!h.iter().any(|h| h.starts_with("x-gone")), "{h:?}");
     assert!(h.contains(&"x-empty: ".to_string()), "{h:?}");
     // A missing file is an error before anything runs.
-    let (code, out, err) = run(&["trace", "--world", "default", "-d", "@/no/such/file", url]);
-    assert_eq!(code, 1);
-    assert!(err.contains("-d @/no/such/file"), "{err}");
+    refused_before_running(&["-d", "@/no/such/file", url], "-d @/no/such/file");
+}
+
+/// `trace --world default ARGS` exits 1 with `msg` on stderr and nothing on stdout.
+fn refused_before_running(args: &[&str], msg: &str) {
+    let mut all = vec!["trace", "--world", "default"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run(&all);
+    assert_eq!(code, 1, "{args:?}: {err}");
+    assert!(err.contains(msg), "{err}");
     assert!(out.is_empty(), "{out}");
 }
 
 /// Flags that cannot go together are refused by the parser, before any world starts.
 #[test]
 fn conflicting_flags_are_refused_up_front() {
-    for args in [
-        &[
-            "-d",
-            "x",
-            "--ws-send",
-            "hi",
-            "wss://3001__misha.iterate.town/ws",
-        ][..],
-        &[
-            "-X",
-            "POST",
-            "--ws-send",
-            "hi",
-            "wss://3001__misha.iterate.town/ws",
-        ][..],
-    ] {
-        let mut all = vec!["trace", "--world", "default"];
-        all.extend_from_slice(args);
+    let wss = "wss://3001__misha.iterate.town/ws";
+    for args in [["-d", "x"], ["-X", "POST"]] {
+        let mut all = vec!["trace", "--world", "default", "--ws-send", "hi", wss];
+        all.extend_from_slice(&args);
         let (code, out, err) = run(&all);
         assert_eq!(code, 2, "{args:?}: {err}");
         assert!(err.contains("cannot be used with"), "{err}");
         assert!(out.is_empty(), "{out}");
     }
     // A ws:// URL is a WebSocket too: -d with it is refused before the world starts.
-    let (code, out, err) = run(&[
-        "trace",
-        "--world",
-        "default",
-        "-d",
-        "x",
-        "ws://3001__misha.iterate.town/ws",
-    ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("takes no -d or -X"), "{err}");
-    assert!(out.is_empty(), "{out}");
+    let ws = "ws://3001__misha.iterate.town/ws";
+    refused_before_running(&["-d", "x", ws], "takes no -d or -X");
 }
 
 /// `scenario new --world <a file outside the repository>` is refused: the scenario would point
@@ -739,13 +724,7 @@ fn scenario_new_refuses_a_world_outside_the_repository() {
 /// curl is installed), the trace line with this build's binary in place of `cargo run … --`.
 #[tokio::test]
 async fn up_examples_work_as_printed() {
-    let mut child = Command::new(BIN)
-        .args(["up", "--world", "default"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let (mut child, stdout) = spawn_up("default");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut out = Vec::new();
