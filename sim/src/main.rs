@@ -249,12 +249,25 @@ async fn trace(
     json: bool,
 ) -> Result<(sim::exec::StepDoc, String)> {
     let step = build_step(req)?;
-    let (w, _) = start(world, None).await?;
-    if let Some(m) = &step.direct
-        && w.machine(m).is_none()
-    {
-        bail!("--direct: no machine {m:?} in {}", world.display());
+    // The machines --direct and --fault name are checked before the world starts.
+    let check = Scenario {
+        description: String::new(),
+        world: String::new(),
+        steps: vec![step.clone()],
+    };
+    if let Err(e) = check.check_against(&WorldSpec::load(world)?, "", world) {
+        let e = e.to_string();
+        let why = e.split_once("steps[0].").map_or(e.as_str(), |(_, w)| w);
+        let why = why
+            .replace(" (step 1, faults)", "")
+            .replace(" (step 1, direct)", "");
+        bail!(
+            "--{}",
+            why.strip_prefix("faults")
+                .map_or(why.clone(), |r| format!("fault{r}"))
+        );
     }
+    let (w, _) = start(world, None).await?;
     let doc = run_step(&w, &step).await;
     let text = if json {
         serde_json::to_string_pretty(&doc.redacted(&w))?

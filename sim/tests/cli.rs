@@ -335,6 +335,15 @@ fn trace_options_direct_fault_and_websocket() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("--direct: no machine \"mach_nope\""), "{err}");
+    // So is a fault aimed at a machine the world does not have, before the world starts.
+    refused_before_running(
+        &[
+            "--fault",
+            r#"{"fault":"app_down","machine":"mach_12","port":3000}"#,
+            "https://misha.iterate.town/",
+        ],
+        "--fault: no machine \"mach_12\" in world \"default\"; did you mean \"mach_123\"?",
+    );
 }
 
 #[test]
