@@ -7,12 +7,15 @@ use std::time::Instant;
 
 use clap::Parser;
 
-use crate::{Backend, Layout, check_snapshots, discover, filter, run_all};
+use crate::{
+    Backend, Layout, check_snapshots, discover, expected_snapshots, filter, orphan_snapshots,
+    run_all, tidy_snapshots,
+};
 
 /// Run the end-to-end scenarios under fixtures/scenarios and compare each step's hop trace with
 /// its reviewed snapshot under fixtures/snapshots.
 #[derive(Debug, Parser)]
-#[command(name = "e2e")]
+#[command(name = "cargo xtask e2e", bin_name = "cargo xtask e2e")]
 pub struct Args {
     /// Run only scenarios whose id (path under fixtures/scenarios, without .toml) contains one of
     /// these strings.
@@ -39,49 +42,9 @@ pub struct Args {
     pub fixtures: Option<std::path::PathBuf>,
 }
 
-/// Drops the flags `cargo test` hands to every test binary (libtest's), which mean nothing here.
-fn strip_libtest_flags(args: Vec<String>) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut it = args.into_iter();
-    if let Some(first) = it.next() {
-        out.push(first);
-    }
-    let with_value = [
-        "--test-threads",
-        "--format",
-        "--color",
-        "-Z",
-        "--logfile",
-        "--skip",
-    ];
-    let bare = [
-        "--quiet",
-        "-q",
-        "--nocapture",
-        "--show-output",
-        "--exact",
-        "--ignored",
-        "--include-ignored",
-        "--bench",
-        "--test",
-    ];
-    while let Some(a) = it.next() {
-        if bare.contains(&a.as_str()) || with_value.iter().any(|w| a.starts_with(&format!("{w}=")))
-        {
-            continue;
-        }
-        if with_value.contains(&a.as_str()) {
-            it.next();
-            continue;
-        }
-        out.push(a);
-    }
-    out
-}
-
 /// Runs the CLI; returns the process exit code.
 pub fn main_with_args(args: Vec<String>) -> i32 {
-    let args = match Args::try_parse_from(strip_libtest_flags(args)) {
+    let args = match Args::try_parse_from(args) {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
@@ -100,19 +63,31 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         }
     };
     let unfiltered = args.filters.is_empty();
+    let all_found = all.clone();
     let found = filter(all, &args.filters);
     if args.list {
+        // A closed pipe (`--list | head`) ends the listing quietly.
+        let mut out = std::io::stdout().lock();
         for f in &found {
             let desc = sim::scenario::Scenario::load(&f.path)
                 .map(|s| s.description)
                 .unwrap_or_else(|e| format!("<{e}>"));
-            println!("{:<48} {desc}", f.id);
+            if writeln!(out, "{:<48} {desc}", f.id).is_err() {
+                return 0;
+            }
         }
-        println!("{} scenarios", found.len());
+        let _ = writeln!(out, "{}", count(found.len(), "scenario"));
         return 0;
     }
     if found.is_empty() {
-        eprintln!("e2e: no scenario matches {:?}", args.filters);
+        eprintln!(
+            "e2e: no scenario id contains {}",
+            args.filters
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        );
         return 1;
     }
     if args.accept && args.backend == Backend::Docker {
@@ -121,6 +96,7 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         );
         return 2;
     }
+    crate::quiet_insta_hints();
     if args.accept {
         // SAFETY: set before any other thread exists (the runtime is built below).
         unsafe { std::env::set_var("INSTA_UPDATE", "always") };
@@ -139,7 +115,6 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     let runs = runtime.block_on(run_all(&layout, found, args.backend, args.jobs));
     let mut results = Vec::new();
     let (mut passed, mut failed, mut skipped) = (0usize, 0usize, 0usize);
-    let mut produced = BTreeSet::new();
     let stdout = std::io::stdout();
     for run in &runs {
         if let Some(why) = &run.skipped {
@@ -150,11 +125,6 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         }
         let mut fails = run.failures.clone();
         fails.extend(check_snapshots(&layout, run));
-        for s in &run.steps {
-            produced.insert(
-                crate::snapshot_dir(&layout, &run.found).join(format!("{}.snap", s.snapshot_name)),
-            );
-        }
         let mut out = stdout.lock();
         let status = if fails.is_empty() { "ok  " } else { "FAIL" };
         let _ = writeln!(
@@ -175,37 +145,64 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         }
         results.push((run, fails));
     }
+    let mut orphans_found = 0;
     if unfiltered && args.backend == Backend::InProcess {
-        let orphans = orphan_snapshots(&layout, &produced);
-        for o in &orphans {
-            if args.accept {
-                let _ = std::fs::remove_file(o);
-                println!("removed orphan snapshot {}", o.display());
-            } else {
-                println!(
-                    "FAIL orphan snapshot (no scenario step produces it): {}",
-                    o.display()
-                );
+        // Snapshots the scenario files call for (a scenario that does not load has failed above,
+        // and its snapshots are then not judged, so `--accept` cannot delete them).
+        match expected_snapshots(&layout, &all_found) {
+            Ok(produced) => {
+                for o in orphan_snapshots(&layout, &produced) {
+                    if args.accept {
+                        let _ = std::fs::remove_file(&o);
+                        println!("removed orphan snapshot {}", o.display());
+                    } else {
+                        orphans_found += 1;
+                        println!(
+                            "FAIL orphan snapshot (no scenario step produces it): {}",
+                            o.display()
+                        );
+                    }
+                }
             }
-        }
-        if !args.accept && !orphans.is_empty() {
-            failed += orphans.len();
+            Err(e) => println!("orphan snapshots not checked: {e}"),
         }
     }
+    if args.accept && args.backend == Backend::InProcess {
+        let ran: BTreeSet<PathBuf> = runs
+            .iter()
+            .flat_map(|r| {
+                let dir = crate::snapshot_dir(&layout, &r.found);
+                r.steps
+                    .iter()
+                    .map(move |s| dir.join(format!("{}.snap", s.snapshot_name)))
+            })
+            .collect();
+        for p in tidy_snapshots(&layout, (!unfiltered).then_some(&ran)) {
+            println!("removed {}", p.display());
+        }
+    }
+    failed += orphans_found;
     let elapsed = started.elapsed();
     if let Some(path) = &args.junit {
         let refs: Vec<_> = results.iter().map(|(r, f)| (*r, f.clone())).collect();
-        if let Err(e) = std::fs::write(path, crate::junit::render(&refs, elapsed.as_secs_f64())) {
+        let xml = match crate::junit::render(&refs, orphans_found, elapsed) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("e2e: cannot render the JUnit report: {e}");
+                return 2;
+            }
+        };
+        if let Err(e) = std::fs::write(path, xml) {
             eprintln!("e2e: cannot write {}: {e}", path.display());
             return 2;
         }
         println!("junit report: {}", path.display());
     }
     println!(
-        "wall time: {:.2}s ({} scenarios, {} jobs)",
+        "wall time: {:.2}s ({}, {})",
         elapsed.as_secs_f64(),
-        runs.len(),
-        args.jobs
+        count(runs.len(), "scenario"),
+        count(args.jobs, "job")
     );
     if let Some((n, median, max)) = crate::docker::start_times() {
         println!(
@@ -222,45 +219,23 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     if failed > 0 { 1 } else { 0 }
 }
 
-fn orphan_snapshots(layout: &Layout, produced: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![layout.snapshots()];
-    while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "snap") && !produced.contains(&p) {
-                out.push(p);
-            }
-        }
+/// `1 scenario`, `2 scenarios`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
-    out.sort();
-    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::count;
 
     #[test]
-    fn libtest_flags_are_ignored() {
-        let a = strip_libtest_flags(
-            [
-                "bin",
-                "--quiet",
-                "--test-threads",
-                "2",
-                "--format=terse",
-                "websocket",
-                "--nocapture",
-            ]
-            .map(String::from)
-            .to_vec(),
-        );
-        assert_eq!(a, vec!["bin", "websocket"]);
+    fn counts_are_pluralised() {
+        assert_eq!(count(1, "scenario"), "1 scenario");
+        assert_eq!(count(0, "scenario"), "0 scenarios");
+        assert_eq!(count(8, "job"), "8 jobs");
     }
 }

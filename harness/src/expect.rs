@@ -8,6 +8,12 @@ fn toml_to_json(v: &toml::Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
+/// A value as a message shows it: quoted when present, `nothing` when absent (never Rust's
+/// `Some(…)`/`None`).
+fn shown<T: std::fmt::Debug>(v: Option<T>) -> String {
+    v.map_or_else(|| "nothing".to_string(), |v| format!("{v:?}"))
+}
+
 /// Returns one message per unmet expectation (empty when all hold).
 pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
     let mut out = Vec::new();
@@ -30,7 +36,7 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
     if let Some(want) = &e.error {
         let got = body.and_then(|b| b.get("error")).and_then(|v| v.as_str());
         if got != Some(want.as_str()) {
-            out.push(format!("error: expected {want:?}, got {got:?}"));
+            out.push(format!("error: expected {want:?}, got {}", shown(got)));
         }
     }
     if let Some(app) = &e.app
@@ -43,7 +49,11 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
             .and_then(|b| b.pointer("/app/port"))
             .and_then(|v| v.as_u64());
         if got_m != Some(m.as_str()) || got_p != Some(u64::from(p)) {
-            out.push(format!("app: expected {app}, got {got_m:?}:{got_p:?}"));
+            let got = match (got_m, got_p) {
+                (Some(m), Some(p)) => format!("{m}:{p}"),
+                _ => "no echo app".to_string(),
+            };
+            out.push(format!("app: expected {app}, got {got}"));
         }
     }
     if let Some(sub) = &e.body_contains {
@@ -61,7 +71,10 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
         let want = toml_to_json(want);
         let got = body.and_then(|b| b.pointer(ptr));
         if got != Some(&want) {
-            out.push(format!("json {ptr}: expected {want}, got {got:?}"));
+            out.push(format!(
+                "json {ptr}: expected {want}, got {}",
+                got.map_or_else(|| "nothing".to_string(), |v| v.to_string())
+            ));
         }
     }
     for (name, want) in &e.headers {
@@ -86,7 +99,10 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
         let got =
             app_headers.and_then(|h| h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()));
         if got != Some(want.as_str()) {
-            out.push(format!("app header {name}: expected {want:?}, got {got:?}"));
+            out.push(format!(
+                "app header {name}: expected {want:?}, got {}",
+                shown(got)
+            ));
         }
     }
     for name in &e.app_headers_absent {
@@ -110,8 +126,8 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
         && resp.map(|r| r.body_bytes) != Some(want)
     {
         out.push(format!(
-            "body_bytes: expected {want}, got {:?}",
-            resp.map(|r| r.body_bytes)
+            "body_bytes: expected {want}, got {}",
+            shown(resp.map(|r| r.body_bytes))
         ));
     }
     if !e.messages.is_empty() {
@@ -127,7 +143,7 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
     if let Some(want) = e.close_code {
         let got = doc.websocket.as_ref().and_then(|w| w.close_code);
         if got != Some(want) {
-            out.push(format!("close_code: expected {want}, got {got:?}"));
+            out.push(format!("close_code: expected {want}, got {}", shown(got)));
         }
     }
     if let Some(want) = e.events {
@@ -146,4 +162,16 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn absent_values_read_as_words() {
+        assert_eq!(shown(Some("mach_other9")), "\"mach_other9\"");
+        assert_eq!(shown(None::<u16>), "nothing");
+        assert_eq!(shown(Some(1000u16)), "1000");
+    }
 }

@@ -1,70 +1,62 @@
-//! JUnit XML report for CI.
+//! JUnit XML report for CI, written with quick-junit (which keeps the XML valid: characters XML
+//! 1.0 forbids, such as most control characters, are left out rather than escaped).
 
-use std::fmt::Write as _;
+use std::time::Duration;
+
+use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
 
 use crate::ScenarioRun;
 
-fn esc(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '&' => "&amp;".to_string(),
-            '<' => "&lt;".to_string(),
-            '>' => "&gt;".to_string(),
-            '"' => "&quot;".to_string(),
-            '\'' => "&apos;".to_string(),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\t' => format!("&#{};", c as u32),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
-/// One `<testsuite>` named `e2e`, one `<testcase>` per scenario.
-pub fn render(runs: &[(&ScenarioRun, Vec<String>)], total_secs: f64) -> String {
-    let failures = runs.iter().filter(|(_, f)| !f.is_empty()).count();
-    let mut x = String::new();
-    let _ = writeln!(x, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
-    let _ = writeln!(
-        x,
-        r#"<testsuites tests="{}" failures="{failures}" time="{total_secs:.3}">"#,
-        runs.len()
-    );
-    let _ = writeln!(
-        x,
-        r#"  <testsuite name="e2e" tests="{}" failures="{failures}" time="{total_secs:.3}">"#,
-        runs.len()
-    );
+/// One `<testsuite>` named `e2e`, one `<testcase>` per scenario (failed checks are `<failure>`,
+/// a scenario that could not run is an `<error>`, one the backend does not run is `<skipped>`),
+/// plus one failing `orphan_snapshots` case when `orphans` snapshots no scenario produces.
+pub fn render(
+    runs: &[(&ScenarioRun, Vec<String>)],
+    orphans: usize,
+    total: Duration,
+) -> Result<String, quick_junit::SerializeError> {
+    let mut suite = TestSuite::new("e2e");
+    suite.set_time(total);
     for (run, fails) in runs {
         let (class, name) = match run.found.id.rsplit_once('/') {
             Some((g, n)) => (format!("e2e.{}", g.replace('/', ".")), n.to_string()),
             None => ("e2e".to_string(), run.found.id.clone()),
         };
-        let _ = write!(
-            x,
-            r#"    <testcase classname="{}" name="{}" time="{:.3}""#,
-            esc(&class),
-            esc(&name),
-            run.duration.as_secs_f64()
-        );
-        if let Some(why) = &run.skipped {
-            let _ = writeln!(x, ">");
-            let _ = writeln!(x, r#"      <skipped message="{}"/>"#, esc(why));
-            let _ = writeln!(x, "    </testcase>");
+        let status = if let Some(why) = &run.skipped {
+            let mut st = TestCaseStatus::skipped();
+            st.set_message(why.as_str());
+            st
         } else if fails.is_empty() {
-            let _ = writeln!(x, "/>");
+            TestCaseStatus::success()
         } else {
-            let _ = writeln!(x, ">");
-            let _ = writeln!(
-                x,
-                r#"      <failure message="{}">{}</failure>"#,
-                esc(fails.first().map(String::as_str).unwrap_or("")),
-                esc(&fails.join("\n"))
-            );
-            let _ = writeln!(x, "    </testcase>");
-        }
+            let kind = if run.errored {
+                NonSuccessKind::Error
+            } else {
+                NonSuccessKind::Failure
+            };
+            let mut st = TestCaseStatus::non_success(kind);
+            st.set_message(fails[0].as_str());
+            st.set_description(fails.join("\n"));
+            st
+        };
+        let mut case = TestCase::new(name, status);
+        case.set_classname(class);
+        case.set_time(run.duration);
+        suite.add_test_case(case);
     }
-    let _ = writeln!(x, "  </testsuite>");
-    let _ = writeln!(x, "</testsuites>");
-    x
+    if orphans > 0 {
+        let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        st.set_message(format!(
+            "{orphans} snapshot(s) that no scenario step produces"
+        ));
+        let mut case = TestCase::new("orphan_snapshots", st);
+        case.set_classname("e2e");
+        suite.add_test_case(case);
+    }
+    let mut report = Report::new("e2e");
+    report.set_time(total);
+    report.add_test_suite(suite);
+    report.to_string()
 }
 
 #[cfg(test)]
@@ -72,41 +64,73 @@ mod tests {
     use super::*;
     use crate::Found;
 
-    #[test]
-    fn renders_pass_and_fail() {
-        let pass = ScenarioRun {
+    fn run(id: &str) -> ScenarioRun {
+        ScenarioRun {
             found: Found {
-                id: "routing/a".into(),
-                path: "a".into(),
+                id: id.into(),
+                path: id.into(),
             },
             description: String::new(),
             steps: vec![],
             failures: vec![],
-            duration: std::time::Duration::from_millis(12),
+            duration: Duration::from_millis(12),
             skipped: None,
+            errored: false,
+        }
+    }
+
+    #[test]
+    fn renders_pass_fail_error_skip() {
+        let pass = run("routing/a");
+        let fail = run("b");
+        let error = ScenarioRun {
+            errored: true,
+            ..run("c")
         };
-        let fail = ScenarioRun {
-            found: Found {
-                id: "b".into(),
-                path: "b".into(),
-            },
-            ..pass.clone()
+        let skip = ScenarioRun {
+            skipped: Some("reaches no Docker machine".into()),
+            ..run("d")
         };
         let xml = render(
             &[
                 (&pass, vec![]),
-                (&fail, vec!["status: expected <200>".into()]),
+                (
+                    &fail,
+                    vec!["status: expected <200>, got \u{1b}[31m502\u{7}".into()],
+                ),
+                (&error, vec!["x.toml:1:1: broken".into()]),
+                (&skip, vec![]),
             ],
-            1.5,
-        );
+            1,
+            Duration::from_millis(1500),
+        )
+        .unwrap();
         assert!(
-            xml.contains(r#"<testcase classname="e2e.routing" name="a" time="0.012"/>"#),
+            xml.contains(r#"<testcase name="a" classname="e2e.routing" time="0.012"/>"#),
             "{xml}"
         );
         assert!(
-            xml.contains(r#"<failure message="status: expected &lt;200&gt;">"#),
+            xml.contains(r#"<failure message="status: expected &lt;200&gt;, got 502""#),
             "{xml}"
         );
-        assert!(xml.contains(r#"tests="2" failures="1""#), "{xml}");
+        assert!(
+            xml.contains(r#"<error message="x.toml:1:1: broken""#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"<skipped message="reaches no Docker machine"/>"#),
+            "{xml}"
+        );
+        assert!(
+            xml.contains(r#"tests="5" skipped="1" failures="2" errors="1""#),
+            "{xml}"
+        );
+        // XML 1.0 allows no control characters other than tab, newline and carriage return,
+        // not even as character references.
+        assert!(!xml.contains("&#"), "{xml}");
+        assert!(
+            !xml.chars().any(|c| c.is_control() && !"\t\n\r".contains(c)),
+            "{xml}"
+        );
     }
 }

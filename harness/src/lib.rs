@@ -114,6 +114,9 @@ pub struct ScenarioRun {
     pub duration: Duration,
     /// Why the scenario did not run with this backend (it is not a failure).
     pub skipped: Option<String>,
+    /// The scenario could not be run at all (its file or world does not load, the world does not
+    /// start, the task panicked): an error rather than a failed check.
+    pub errored: bool,
 }
 
 impl ScenarioRun {
@@ -125,6 +128,7 @@ impl ScenarioRun {
             failures: vec![msg],
             duration,
             skipped: None,
+            errored: true,
         }
     }
 }
@@ -185,10 +189,23 @@ pub async fn run_scenario(
         Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
     };
     let world_path = scenario.world_path(&found.path, &layout.worlds());
+    let text = std::fs::read_to_string(&found.path).unwrap_or_default();
+    if !world_path.is_file() && sim::scenario::is_world_name(&scenario.world) {
+        // Name the scenario's line and the worlds there are, rather than a bare "cannot read".
+        let msg = sim::scenario::resolve_world_arg(&scenario.world, &[layout.worlds()])
+            .err()
+            .unwrap_or_default();
+        let msg = msg.replacen(&format!("--world {}", scenario.world), "world", 1);
+        let e = sim::fixture_file::FixtureError::invalid(&text, &found.path, &msg);
+        return ScenarioRun::failed(found, e.to_string(), start.elapsed());
+    }
     let spec = match WorldSpec::load(&world_path) {
         Ok(s) => s,
         Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
     };
+    if let Err(e) = scenario.check_against(&spec, &text, &found.path) {
+        return ScenarioRun::failed(found, e.to_string(), start.elapsed());
+    }
     let world = match docker {
         None => World::start(spec).await.map_err(|e| e.to_string()),
         Some(env) => match docker_world(env, spec, &scenario).await {
@@ -201,6 +218,7 @@ pub async fn run_scenario(
                     failures: vec![],
                     duration: start.elapsed(),
                     skipped: Some("reaches no Docker machine".into()),
+                    errored: false,
                 };
             }
             Err(e) => Err(e),
@@ -234,6 +252,7 @@ pub async fn run_scenario(
         failures,
         duration: start.elapsed(),
         skipped: None,
+        errored: false,
     }
 }
 
@@ -409,14 +428,44 @@ pub async fn run_all_in(
     out
 }
 
+/// The hint printed with a differing or new snapshot: the project's review flow.
+pub const REVIEW_HINT: &str =
+    "review: cargo insta review, or cargo xtask e2e --accept then git diff fixtures/snapshots";
+
+thread_local! {
+    /// Set while insta compares a snapshot on this thread: its mismatch panic is expected, and its
+    /// diff is already printed.
+    static IN_SNAPSHOT_CHECK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs (once per process) a panic hook that stays quiet for insta's mismatch panics on the
+/// thread comparing a snapshot and hands every other panic to the previous hook. Swapping hooks per
+/// comparison instead would race when scenarios are compared on several threads at once.
+fn quiet_snapshot_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_SNAPSHOT_CHECK.with(|c| c.get()) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Tells insta this process is driven the way `cargo insta` drives tests, so that it does not
+/// print "Run `cargo insta test` to run all snapshots" (this runner already runs them all). Call
+/// before any other thread exists.
+pub fn quiet_insta_hints() {
+    // SAFETY: the callers (the two entry points' `main`) call this before starting threads.
+    unsafe { std::env::set_var("INSTA_CARGO_INSTA", "1") };
+}
+
 /// Compares each step with its snapshot through insta. Returns the failures (insta prints diffs).
 pub fn check_snapshots(layout: &Layout, run: &ScenarioRun) -> Vec<String> {
+    quiet_snapshot_panics();
     let mut failures = Vec::new();
     let dir = snapshot_dir(layout, &run.found);
-    // insta reports a mismatch by printing its diff and panicking; the default hook would add a
-    // backtrace to every diff.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
     for step in &run.steps {
         let mut settings = insta::Settings::clone_current();
         settings.set_snapshot_path(&dir);
@@ -426,18 +475,126 @@ pub fn check_snapshots(layout: &Layout, run: &ScenarioRun) -> Vec<String> {
         settings.set_description(format!("{} ({})", run.description, run.found.id));
         let name = step.snapshot_name.clone();
         let value = step.value.clone();
+        IN_SNAPSHOT_CHECK.with(|c| c.set(true));
         let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             settings.bind(|| {
                 insta::assert_yaml_snapshot!(name, value);
             })
         }));
+        IN_SNAPSHOT_CHECK.with(|c| c.set(false));
         if res.is_err() {
             failures.push(format!(
-                "snapshot {} differs or is new (review: cargo insta review, or cargo xtask e2e --accept)",
+                "snapshot {} differs or is new ({REVIEW_HINT})",
                 dir.join(format!("{}.snap", step.snapshot_name)).display()
             ));
         }
     }
-    std::panic::set_hook(hook);
     failures
+}
+
+/// The snapshot files the given scenarios produce, read from their files (one per step); the
+/// first scenario that does not load is the error.
+pub fn expected_snapshots(
+    layout: &Layout,
+    found: &[Found],
+) -> Result<std::collections::BTreeSet<PathBuf>, String> {
+    let mut out = std::collections::BTreeSet::new();
+    for f in found {
+        let scenario = Scenario::load(&f.path).map_err(|e| e.to_string())?;
+        let dir = snapshot_dir(layout, f);
+        for i in 0..scenario.steps.len() {
+            out.insert(dir.join(format!("{}.snap", snapshot_name(f, i))));
+        }
+    }
+    Ok(out)
+}
+
+/// Every `*.snap` under the snapshots directory that is not in `produced`, sorted.
+pub fn orphan_snapshots(
+    layout: &Layout,
+    produced: &std::collections::BTreeSet<PathBuf>,
+) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = files_under(&layout.snapshots())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "snap") && !produced.contains(p))
+        .collect();
+    out.sort();
+    out
+}
+
+/// After `--accept`: removes pending `.snap.new` files left from earlier runs (of snapshots now
+/// accepted, or of scenarios since removed or renamed) — all of them, or with `only` those beside
+/// these snapshots — and snapshot folders left empty. Returns what was removed.
+pub fn tidy_snapshots(
+    layout: &Layout,
+    only: Option<&std::collections::BTreeSet<PathBuf>>,
+) -> Vec<PathBuf> {
+    let mut removed: Vec<PathBuf> = files_under(&layout.snapshots())
+        .into_iter()
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            name.ends_with(".snap.new")
+                && only.is_none_or(|o| o.contains(Path::new(&name[..name.len() - 4])))
+        })
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .collect();
+    // Deepest first, so a folder whose only content was an empty folder goes too.
+    let mut dirs = dirs_under(&layout.snapshots());
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        if std::fs::remove_dir(&d).is_ok() {
+            removed.push(d);
+        }
+    }
+    removed.sort();
+    removed
+}
+
+fn files_under(root: &Path) -> Vec<PathBuf> {
+    walk(root).0
+}
+
+/// Folders strictly under `root`.
+fn dirs_under(root: &Path) -> Vec<PathBuf> {
+    walk(root).1
+}
+
+/// (files, folders) under `root`, at any depth.
+fn walk(root: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let (mut files, mut dirs) = (Vec::new(), Vec::new());
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p.clone());
+                dirs.push(p);
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    (files, dirs)
+}
+
+/// Runs one scenario in-process on its own runtime and checks its expectations and snapshots;
+/// the failures, one per line, as the error (the `cargo test` / nextest entry point).
+pub fn run_and_check(layout: &Layout, found: Found) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start tokio: {e}"))?;
+    let run = runtime.block_on(run_scenario(layout, found, None));
+    drop(runtime);
+    let mut fails = run.failures.clone();
+    fails.extend(check_snapshots(layout, &run));
+    if fails.is_empty() {
+        Ok(())
+    } else {
+        Err(fails.join("\n"))
+    }
 }

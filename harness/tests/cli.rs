@@ -105,13 +105,14 @@ fn runner_lifecycle() {
         vec!["no_route-01.snap.new", "ok_port-01.snap.new"]
     );
 
-    // --accept records them; then CI passes.
+    // --accept records them and leaves no pending file behind; then CI passes.
     let (code, out) = e2e(&dir, &["--accept"], true);
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         snaps(&dir, ".snap"),
         vec!["no_route-01.snap", "ok_port-01.snap"]
     );
+    assert!(snaps(&dir, ".snap.new").is_empty(), "{out}");
     let (code, out) = e2e(&dir, &[], true);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("e2e: 2 passed, 0 failed"), "{out}");
@@ -120,7 +121,15 @@ fn runner_lifecycle() {
     let (code, out) = e2e(&dir, &["ok_port"], true);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("e2e: 1 passed, 0 failed") && !out.contains("demo/no_route"),
+        out.contains("e2e: 1 passed, 0 failed")
+            && out.contains("(1 scenario, 8 jobs)")
+            && !out.contains("demo/no_route"),
+        "{out}"
+    );
+    let (code, out) = e2e(&dir, &["nothing_has_this_id"], true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("e2e: no scenario id contains `nothing_has_this_id`"),
         "{out}"
     );
 
@@ -141,7 +150,7 @@ fn runner_lifecycle() {
     assert!(out.contains("e2e: 1 passed, 1 failed"), "{out}");
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(
-        xml.contains(r#"tests="2" failures="1""#)
+        xml.contains(r#"<testsuite name="e2e" tests="2" skipped="0" errors="0" failures="1""#)
             && xml.contains(r#"name="ok_port""#)
             && xml.contains("<failure"),
         "{xml}"
@@ -160,12 +169,118 @@ fn runner_lifecycle() {
         "{out}"
     );
 
-    // An unfiltered run fails on a snapshot that no scenario produces.
+    // An unfiltered run fails on a snapshot that no scenario produces; --accept removes it, the
+    // pending files of scenarios that are gone, and the folders left empty.
     std::fs::remove_file(dir.join("scenarios/demo/broken.toml")).unwrap();
     std::fs::remove_file(dir.join("scenarios/demo/no_route.toml")).unwrap();
+    std::fs::create_dir_all(dir.join("snapshots/gone")).unwrap();
+    std::fs::write(
+        dir.join("snapshots/gone/old-01.snap"),
+        "---\nsource: x\n---\n1\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("snapshots/gone/old-02.snap.new"), "stale").unwrap();
+    let (code, out) = e2e(&dir, &[], true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL orphan snapshot") && out.contains("old-01.snap"),
+        "{out}"
+    );
     let (code, out) = e2e(&dir, &["--accept"], true);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("removed orphan snapshot"), "{out}");
     assert_eq!(snaps(&dir, ".snap"), vec!["ok_port-01.snap"]);
+    assert!(
+        !dir.join("snapshots/gone").exists(),
+        "the emptied folder is removed:\n{out}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `cargo xtask e2e --list | head -1`: the reader goes away after one line; the runner ends
+/// without a panic.
+#[test]
+fn list_into_a_closed_pipe() {
+    let dir = fixtures();
+    // Enough scenarios that the listing outgrows the pipe's buffer.
+    for i in 0..2000 {
+        std::fs::write(
+            dir.join(format!("scenarios/demo/s{i:04}.toml")),
+            "description = \"x\"\nworld = \"default\"\n[[steps]]\nurl = \"https://a.iterate.town/\"\n",
+        )
+        .unwrap();
+    }
+    let mut child = Command::new(BIN)
+        .arg("--fixtures")
+        .arg(&dir)
+        .arg("--list")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Usage names the command as it is typed.
+#[test]
+fn usage_names_cargo_xtask_e2e() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Usage: cargo xtask e2e [OPTIONS]"), "{text}");
+}
+
+/// What only the world can tell is checked before anything runs, with the scenario's line and a
+/// suggestion: a misspelt world, a fault or `direct` naming a machine the world does not have.
+#[test]
+fn scenario_errors_against_the_world() {
+    let dir = fixtures();
+    let write = |name: &str, body: &str| {
+        std::fs::write(dir.join(format!("scenarios/demo/{name}.toml")), body).unwrap()
+    };
+    write(
+        "bad_world",
+        "description = \"x\"\nworld = \"defualt\"\n[[steps]]\nurl = \"https://a.iterate.town/\"\n",
+    );
+    write(
+        "bad_fault",
+        "description = \"x\"\nworld = \"default\"\n[[steps]]\nurl = \"https://misha.iterate.town/\"\n\n[[steps]]\nurl = \"https://misha.iterate.town/\"\nfaults = [{ fault = \"app_down\", machine = \"mach_12\", port = 3000 }]\n",
+    );
+    write(
+        "bad_port",
+        "description = \"x\"\nworld = \"default\"\n[[steps]]\nurl = \"https://misha.iterate.town/\"\nfaults = [{ fault = \"app_down\", machine = \"mach_123\", port = 3999 }]\n",
+    );
+    write(
+        "bad_direct",
+        "description = \"x\"\nworld = \"default\"\n[[steps]]\nurl = \"http://127.0.0.1:8080/\"\ndirect = \"mach_nope_at_all\"\n",
+    );
+    let (code, out) = e2e(&dir, &["bad_"], true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("bad_world.toml:2:1: world: no defualt.toml in ")
+            && out.contains("; did you mean default?"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad_fault.toml:8:1: steps[1].faults: no machine \"mach_12\" in world \"default\"; did you mean \"mach_123\"? (step 2, faults)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad_port.toml:5:1: steps[0].faults: machine mach_123 has no app on port 3999 (its apps: "),
+        "{out}"
+    );
+    assert!(
+        out.contains("bad_direct.toml:5:1: steps[0].direct: no machine \"mach_nope_at_all\" in world \"default\"; the world has mach_123, "),
+        "{out}"
+    );
+    // Nothing ran: no snapshot was compared or written.
+    assert!(!out.contains("snapshot"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }

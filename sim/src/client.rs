@@ -149,6 +149,111 @@ pub async fn websocket(
         })
 }
 
+/// One server-sent event, as the HTML standard's event-stream parser dispatches it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    /// The `id` field, when this event carried one.
+    pub id: Option<String>,
+    /// The `event` field (the event type), when given.
+    pub event: Option<String>,
+    /// The data lines, joined with `\n`.
+    pub data: String,
+    /// The `retry` field, when given as digits.
+    pub retry: Option<u64>,
+}
+
+impl SseEvent {
+    /// One line for traces: `id: 1 | event: tick | data: tick 1` (each data line its own part).
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(id) = &self.id {
+            parts.push(format!("id: {id}"));
+        }
+        if let Some(e) = &self.event {
+            parts.push(format!("event: {e}"));
+        }
+        if let Some(r) = self.retry {
+            parts.push(format!("retry: {r}"));
+        }
+        parts.extend(self.data.split('\n').map(|d| format!("data: {d}")));
+        parts.join(" | ")
+    }
+}
+
+/// An incremental `text/event-stream` parser (HTML Living Standard, "Interpreting an event
+/// stream"): lines end with CRLF, LF or CR (also when split across reads); `:` starts a comment;
+/// a field's value loses one leading space; `data` lines accumulate; a blank line dispatches an
+/// event that has data; a partial event at the end of the stream is dropped; a leading BOM is
+/// skipped.
+#[derive(Debug, Default)]
+pub struct SseParser {
+    line: Vec<u8>,
+    after_cr: bool,
+    started: bool,
+    event: SseEvent,
+    has_data: bool,
+}
+
+impl SseParser {
+    /// Feeds bytes; returns the events they complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        let mut bytes = bytes;
+        if !self.started && !bytes.is_empty() {
+            self.started = true;
+            bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(bytes);
+        }
+        for &b in bytes {
+            match b {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\r' | b'\n' => {
+                    self.after_cr = b == b'\r';
+                    let line = std::mem::take(&mut self.line);
+                    if let Some(ev) = self.line_done(&line) {
+                        out.push(ev);
+                    }
+                }
+                _ => {
+                    self.after_cr = false;
+                    self.line.push(b);
+                }
+            }
+        }
+        out
+    }
+
+    fn line_done(&mut self, line: &[u8]) -> Option<SseEvent> {
+        if line.is_empty() {
+            let ev = std::mem::take(&mut self.event);
+            return std::mem::take(&mut self.has_data).then_some(ev);
+        }
+        let line = String::from_utf8_lossy(line);
+        if line.starts_with(':') {
+            return None;
+        }
+        let (name, value) = match line.split_once(':') {
+            Some((n, v)) => (n, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line.as_ref(), ""),
+        };
+        match name {
+            "event" => self.event.event = Some(value.to_string()),
+            "data" => {
+                if self.has_data {
+                    self.event.data.push('\n');
+                }
+                self.event.data.push_str(value);
+                self.has_data = true;
+            }
+            "id" if !value.contains('\0') => self.event.id = Some(value.to_string()),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                self.event.retry = value.parse().ok();
+            }
+            _ => {}
+        }
+        None
+    }
+}
+
 /// tungstenite hands back a refused upgrade's body raw; decode it if it is chunked.
 fn decode_maybe_chunked(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw).into_owned();
@@ -185,6 +290,48 @@ mod tests {
         assert!(PublicUrl::parse("not a url").is_err());
         assert!(PublicUrl::parse("/relative").is_err());
         assert!(PublicUrl::parse("ftp://x/").is_err());
+    }
+
+    fn events(chunks: &[&[u8]]) -> Vec<String> {
+        let mut p = SseParser::default();
+        chunks
+            .iter()
+            .flat_map(|c| p.push(c))
+            .map(|e| e.summary())
+            .collect()
+    }
+
+    #[test]
+    fn sse_as_the_standard_parses_it() {
+        // LF, CRLF and CR line endings all end lines and events.
+        for sep in ["\n", "\r\n", "\r"] {
+            let text =
+                format!("id: 1{sep}event: tick{sep}data: tick 1{sep}{sep}data: two{sep}{sep}");
+            assert_eq!(
+                events(&[text.as_bytes()]),
+                ["id: 1 | event: tick | data: tick 1", "data: two"],
+                "{sep:?}"
+            );
+        }
+        // A CRLF split across reads is one line end, not two (which would end the event early).
+        assert_eq!(
+            events(&[b"data: a\r", b"\ndata: b\r", b"\n\r\n"]),
+            ["data: a | data: b"]
+        );
+        // Multi-line data; comments; one leading space removed; no colon means an empty value;
+        // unknown fields ignored; retry only as digits.
+        let mut p = SseParser::default();
+        let got = p.push(
+            b": hello\ndata:x\ndata:  y\ndata\nfoo: bar\nretry: 1500\n\nretry: soon\ndata: z\n\n",
+        );
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].data, "x\n y\n");
+        assert_eq!(got[0].retry, Some(1500));
+        assert_eq!(got[1].retry, None);
+        // An event without data is not dispatched; a partial one at the end is not either.
+        assert!(events(&[b"event: x\n\n", b"data: half"]).is_empty());
+        // A byte-order mark at the start is skipped.
+        assert_eq!(events(&["\u{feff}data: a\n\n".as_bytes()]), ["data: a"]);
     }
 
     #[test]

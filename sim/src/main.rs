@@ -24,20 +24,28 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// One request, as curl would take it.
+/// One request, as curl would take it (`-X`, `-H`, `-d` behave as curl's).
 #[derive(clap::Args, Clone)]
 struct RequestArgs {
     /// The public URL, e.g. https://4096__mach_123.machines.iterate.town/path
     url: String,
-    /// Method.
-    #[arg(short = 'X', long = "request", default_value = "GET")]
-    method: String,
-    /// A request header, `Name: value` (repeatable).
+    /// Method (default GET, or POST with -d, as curl).
+    #[arg(short = 'X', long = "request", conflicts_with = "ws_send")]
+    method: Option<String>,
+    /// A request header, `Name: value` (repeatable). As curl: `Name:` sends no such header,
+    /// `Name;` sends it empty.
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
-    /// Request body.
-    #[arg(long = "data", short = 'd')]
-    data: Option<String>,
+    /// Request body, as curl's -d: `@FILE` reads a file (`@-` standard input) without its CR and
+    /// LF; repeated, the parts are joined with `&`; the method becomes POST and, unless -H gives
+    /// one, `Content-Type: application/x-www-form-urlencoded` is sent.
+    #[arg(
+        long = "data",
+        short = 'd',
+        value_name = "DATA",
+        conflicts_with = "ws_send"
+    )]
+    data: Vec<String>,
     /// Send straight to this machine's :8080 instead of the edge.
     #[arg(long, value_name = "MACHINE")]
     direct: Option<String>,
@@ -53,16 +61,18 @@ struct RequestArgs {
 enum Cmd {
     /// Run a world and serve it until Ctrl-C. The first line on stdout is `edge: http://ADDR`.
     Up {
-        #[arg(long)]
-        world: PathBuf,
+        /// A world: a name (fixtures/worlds/<name>.toml) or the path of a world file.
+        #[arg(long, value_name = "NAME|PATH")]
+        world: String,
         /// Address for the edge (default: an ephemeral port on 127.0.0.1).
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
     /// Send one request through a fresh world and print what every hop saw and decided.
     Trace {
-        #[arg(long)]
-        world: PathBuf,
+        /// A world: a name (fixtures/worlds/<name>.toml) or the path of a world file.
+        #[arg(long, value_name = "NAME|PATH")]
+        world: String,
         #[command(flatten)]
         req: RequestArgs,
         /// Print the trace as JSON (redacted, as in snapshots).
@@ -99,8 +109,9 @@ enum ScenarioCmd {
     New {
         /// Scenario id: a path under fixtures/scenarios without `.toml`, e.g. regressions/opencode_port.
         name: String,
-        #[arg(long)]
-        world: PathBuf,
+        /// A world: a name (fixtures/worlds/<name>.toml) or the path of a world file.
+        #[arg(long, value_name = "NAME|PATH")]
+        world: String,
         #[command(flatten)]
         req: RequestArgs,
         /// Description written into the file.
@@ -115,33 +126,89 @@ enum ScenarioCmd {
     },
 }
 
-fn parse_header(h: &str) -> Result<(String, String)> {
-    let (k, v) = h
-        .split_once(':')
-        .with_context(|| format!("header {h:?}: expected `Name: value`"))?;
+/// A `-H` value as curl reads it: `Name: value`; `Name:` (nothing after the colon) removes the
+/// header, so none is sent (`None`); `Name;` sends it with an empty value.
+fn parse_header(h: &str) -> Result<Option<(String, String)>> {
+    let (k, v, empty) = match h.split_once(':') {
+        Some((k, v)) => (k, v.trim(), false),
+        None => match h.strip_suffix(';') {
+            Some(k) => (k, "", true),
+            None => bail!("header {h:?}: expected `Name: value` (or `Name;` for an empty value)"),
+        },
+    };
     let k = k.trim();
     if k.is_empty() || http::HeaderName::from_bytes(k.as_bytes()).is_err() {
         bail!("header {h:?}: invalid name");
     }
-    Ok((k.to_string(), v.trim().to_string()))
+    if v.is_empty() && !empty {
+        return Ok(None);
+    }
+    Ok(Some((k.to_string(), v.to_string())))
+}
+
+/// The body `-d` values make, as curl: `@FILE` (or `@-`, standard input) is the file's content
+/// with carriage returns and newlines removed; several parts are joined with `&`.
+fn data_body(parts: &[String]) -> Result<Option<String>> {
+    if parts.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for p in parts {
+        let text = match p.strip_prefix('@') {
+            Some("-") => {
+                std::io::read_to_string(std::io::stdin()).context("-d @-: reading stdin")?
+            }
+            Some(file) => std::fs::read_to_string(file).with_context(|| format!("-d @{file}"))?,
+            None => p.clone(),
+        };
+        out.push(if p.starts_with('@') {
+            text.replace(['\r', '\n'], "")
+        } else {
+            text
+        });
+    }
+    Ok(Some(out.join("&")))
 }
 
 fn build_step(r: &RequestArgs) -> Result<Step> {
     sim::client::PublicUrl::parse(&r.url).with_context(|| format!("cannot use URL {:?}", r.url))?;
-    if http::Method::from_bytes(r.method.as_bytes()).is_err() {
-        bail!("invalid method {:?}", r.method);
+    let ws = !r.ws_send.is_empty() || r.url.starts_with("ws");
+    if ws && (!r.data.is_empty() || r.method.is_some()) {
+        bail!("a WebSocket request ({}) takes no -d or -X", r.url);
     }
-    let headers = r
-        .headers
-        .iter()
-        .map(|h| parse_header(h))
-        .collect::<Result<Vec<_>>>()?;
+    let body = data_body(&r.data)?;
+    let method = match (&r.method, &body) {
+        (Some(m), _) => m.clone(),
+        (None, Some(_)) => "POST".to_string(),
+        (None, None) => "GET".to_string(),
+    };
+    if http::Method::from_bytes(method.as_bytes()).is_err() {
+        bail!("invalid method {method:?}");
+    }
+    let mut headers = Vec::new();
+    for h in &r.headers {
+        if let Some(pair) = parse_header(h)? {
+            headers.push(pair);
+        }
+    }
+    let named = |n: &str| {
+        r.headers.iter().any(|h| {
+            h.split([':', ';'])
+                .next()
+                .is_some_and(|k| k.trim().eq_ignore_ascii_case(n))
+        })
+    };
+    if body.is_some() && !named("content-type") {
+        headers.push((
+            "Content-Type".to_string(),
+            "application/x-www-form-urlencoded".to_string(),
+        ));
+    }
     let faults = r
         .faults
         .iter()
         .map(|f| serde_json::from_str::<Fault>(f).with_context(|| format!("--fault {f}")))
         .collect::<Result<Vec<_>>>()?;
-    let ws = !r.ws_send.is_empty() || r.url.starts_with("ws");
     Ok(Step {
         kind: if ws {
             StepKind::Websocket
@@ -149,10 +216,10 @@ fn build_step(r: &RequestArgs) -> Result<Step> {
             StepKind::Http
         },
         name: None,
-        method: r.method.clone(),
+        method,
         url: r.url.clone(),
         headers,
-        body: r.data.clone(),
+        body,
         direct: r.direct.clone(),
         faults,
         send: r.ws_send.clone(),
@@ -182,12 +249,25 @@ async fn trace(
     json: bool,
 ) -> Result<(sim::exec::StepDoc, String)> {
     let step = build_step(req)?;
-    let (w, _) = start(world, None).await?;
-    if let Some(m) = &step.direct
-        && w.machine(m).is_none()
-    {
-        bail!("--direct: no machine {m:?} in {}", world.display());
+    // The machines --direct and --fault name are checked before the world starts.
+    let check = Scenario {
+        description: String::new(),
+        world: String::new(),
+        steps: vec![step.clone()],
+    };
+    if let Err(e) = check.check_against(&WorldSpec::load(world)?, "", world) {
+        let e = e.to_string();
+        let why = e.split_once("steps[0].").map_or(e.as_str(), |(_, w)| w);
+        let why = why
+            .replace(" (step 1, faults)", "")
+            .replace(" (step 1, direct)", "");
+        bail!(
+            "--{}",
+            why.strip_prefix("faults")
+                .map_or(why.clone(), |r| format!("fault{r}"))
+        );
     }
+    let (w, _) = start(world, None).await?;
     let doc = run_step(&w, &step).await;
     let text = if json {
         serde_json::to_string_pretty(&doc.redacted(&w))?
@@ -200,7 +280,7 @@ async fn trace(
     Ok((doc, text))
 }
 
-async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
+async fn up(world: &Path, world_arg: &str, listen: Option<SocketAddr>) -> Result<()> {
     // Handlers first: a Ctrl-C sent as soon as the edge line appears must not be lost.
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -242,10 +322,11 @@ async fn up(world: &Path, listen: Option<SocketAddr>) -> Result<()> {
             "  curl -s -H 'x-iterate-proxy-target-host: localhost:3000' http://{}/direct   # straight to {id}'s :8080",
             m.proxy_addr()
         );
-        println!("  websocat -H 'Host: 3001__{id}.machines.iterate.town' ws://{edge}/ws");
         println!(
-            "  ingress-sim trace --world {} https://{id}.machines.iterate.town/",
-            world.display()
+            "  curl -s -i --max-time 2 -H 'Host: 3001__{id}.machines.iterate.town' -H 'Connection: Upgrade' -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' http://{edge}/ws   # a WebSocket handshake (101)"
+        );
+        println!(
+            "  cargo run -q -p ingress-sim -- trace --world {world_arg} https://{id}.machines.iterate.town/   # one request through a fresh copy of this world"
         );
     }
     println!("(Ctrl-C to stop)");
@@ -310,16 +391,33 @@ fn scenario_new(
     if let Some(ws) = &doc.websocket {
         step.expect.messages = ws.received.clone();
     }
-    // A world under fixtures/worlds is named; any other is referenced relative to the scenario.
+    // A world in a `worlds` folder is named; another world inside the repository (the folder
+    // holding fixtures/, i.e. two levels above the scenarios directory) is referenced relative
+    // to the scenario; one outside it is refused: the scenario would point out of the repository.
     let world_ref = match (
         world.parent().and_then(|p| p.file_name()),
         world.file_stem(),
     ) {
         (Some(parent), Some(stem)) if parent == "worlds" => stem.to_string_lossy().into_owned(),
         _ => {
-            let abs = std::fs::canonicalize(world)?;
+            let abs = std::fs::canonicalize(world)
+                .with_context(|| format!("--world {}", world.display()))?;
             let target_dir = path.parent().unwrap_or(Path::new("."));
             std::fs::create_dir_all(target_dir)?;
+            let repo = std::fs::canonicalize(dir)?
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            if !abs.starts_with(&repo) {
+                bail!(
+                    "--world {}: the world is outside the repository ({}), so a scenario cannot \
+                     refer to it; copy it to {}/<name>.toml and pass --world <name>",
+                    world.display(),
+                    repo.display(),
+                    dir.join("../worlds").display()
+                );
+            }
             relative(&std::fs::canonicalize(target_dir)?, &abs)
         }
     };
@@ -327,7 +425,7 @@ fn scenario_new(
         description: description.unwrap_or_else(|| {
             format!(
                 "{} {} (recorded with ingress-sim scenario new)",
-                req.method, req.url
+                step.method, req.url
             )
         }),
         world: world_ref,
@@ -342,6 +440,16 @@ fn scenario_new(
     }
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The file a `--world` names: a path as given, or a name looked up in `fixtures/worlds` under
+/// the current directory, then in the source tree this binary was built from.
+fn world_file(arg: &str) -> Result<PathBuf> {
+    let dirs = [
+        PathBuf::from("fixtures/worlds"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/worlds"),
+    ];
+    sim::scenario::resolve_world_arg(arg, &dirs).map_err(anyhow::Error::msg)
 }
 
 /// `to` relative to directory `from` (both absolute).
@@ -385,12 +493,12 @@ fn main() -> ExitCode {
     };
     let res: Result<()> = rt.block_on(async {
         match cli.cmd {
-            Cmd::Up { world, listen } => up(&world, listen).await,
+            Cmd::Up { world, listen } => up(&world_file(&world)?, &world, listen).await,
             Cmd::Machine { spec_json, proxy, listen, control } => {
                 machine(&spec_json, &proxy, listen, control).await
             }
             Cmd::Trace { world, req, json } => {
-                let (_, text) = trace(&world, &req, json).await?;
+                let (_, text) = trace(&world_file(&world)?, &req, json).await?;
                 print!("{text}");
                 if json {
                     println!();
@@ -400,6 +508,7 @@ fn main() -> ExitCode {
             Cmd::Scenario {
                 cmd: ScenarioCmd::New { name, world, req, description, dir, force },
             } => {
+                let world = world_file(&world)?;
                 let (doc, text) = trace(&world, &req, false).await?;
                 print!("{text}");
                 let path = scenario_new(&name, &world, &req, description, &dir, force, &doc)?;

@@ -138,7 +138,7 @@ impl Scenario {
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
-        crate::fixture_file::parse(text, path, Scenario::validate)
+        crate::fixture_file::parse_located(text, path, Scenario::validate)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -203,10 +203,113 @@ impl Scenario {
         }
     }
 
+    /// Checks what only the world can tell: every machine a step names (`direct`, a fault,
+    /// `release`, `expect.app`) exists, and an app fault's port has an app. `text` is the
+    /// scenario's file, for line numbers; an unknown name gets a did-you-mean suggestion.
+    pub fn check_against(
+        &self,
+        world: &crate::WorldSpec,
+        text: &str,
+        path: &Path,
+    ) -> Result<(), ScenarioError> {
+        let ids: Vec<&str> = world.machines.iter().map(|m| m.id.as_str()).collect();
+        let unknown = |field: String, m: &str| {
+            let hint = match crate::fixture_file::did_you_mean(m, ids.iter().copied()) {
+                Some(s) => format!("; did you mean {s:?}?"),
+                None => format!("; the world has {}", ids.join(", ")),
+            };
+            crate::fixture_file::FixtureError::invalid(
+                text,
+                path,
+                &format!("{field}: no machine {m:?} in world {:?}{hint}", world.name),
+            )
+        };
+        for (i, st) in self.steps.iter().enumerate() {
+            if let Some(m) = &st.direct
+                && world.machine(m).is_none()
+            {
+                return Err(unknown(format!("steps[{i}].direct"), m));
+            }
+            for (label, v) in [("release", &st.release), ("expect.app", &st.expect.app)] {
+                if let Some((m, _)) = v.as_deref().and_then(parse_app_ref)
+                    && world.machine(&m).is_none()
+                {
+                    return Err(unknown(format!("steps[{i}].{label}"), &m));
+                }
+            }
+            for f in &st.faults {
+                let Some((m, port)) = crate::world::fault_target(f) else {
+                    continue;
+                };
+                let Some(spec) = world.machine(m) else {
+                    return Err(unknown(format!("steps[{i}].faults"), m));
+                };
+                if let Some(p) = port
+                    && !spec.apps.iter().any(|a| a.port == p)
+                {
+                    let ports: Vec<String> = spec.apps.iter().map(|a| a.port.to_string()).collect();
+                    return Err(crate::fixture_file::FixtureError::invalid(
+                        text,
+                        path,
+                        &format!(
+                            "steps[{i}].faults: machine {m} has no app on port {p} (its apps: {})",
+                            ports.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// TOML text of the scenario (used by `ingress-sim scenario new`).
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string(self)
     }
+}
+
+/// Whether a `world` value (in a scenario or on the command line) is a name
+/// (`fixtures/worlds/<name>.toml`) rather than a path: no `/`, and no `.toml` ending.
+pub fn is_world_name(s: &str) -> bool {
+    !s.is_empty() && !s.ends_with(".toml") && !s.contains('/') && !s.contains('\\')
+}
+
+/// The world file a command line's `--world` means: a path as given, or a name looked up as
+/// `<dir>/<name>.toml` in each of `dirs` in turn. An unknown name is an error that lists the
+/// worlds there are (or suggests the closest).
+pub fn resolve_world_arg(arg: &str, dirs: &[PathBuf]) -> Result<PathBuf, String> {
+    if !is_world_name(arg) {
+        return Ok(PathBuf::from(arg));
+    }
+    if let Some(p) = dirs
+        .iter()
+        .map(|d| d.join(format!("{arg}.toml")))
+        .find(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    let mut names: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter_map(|e| {
+            let p = e.path();
+            if p.extension()? != "toml" {
+                return None;
+            }
+            Some(p.file_stem()?.to_string_lossy().into_owned())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let mut msg = format!("--world {arg}: no {arg}.toml in {}", looked.join(" or "));
+    match crate::fixture_file::did_you_mean(arg, names.iter().map(String::as_str)) {
+        Some(s) => msg.push_str(&format!("; did you mean {s}?")),
+        None if !names.is_empty() => msg.push_str(&format!("; worlds: {}", names.join(", "))),
+        None => {}
+    }
+    Err(msg)
 }
 
 /// `mach_123:3000` → (machine, port).
@@ -286,7 +389,8 @@ expect = { messages = ["echo:ping", "bin:00ff"], close_code = 4001 }
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("steps[0].url"), "{e}");
+        assert!(e.starts_with("a.toml:4:1: steps[0].url: "), "{e}");
+        assert!(e.ends_with("(step 1, url)"), "{e}");
         let e = Scenario::parse(
             "description = \"d\"\nworld = \"w\"\nsteps = []\n",
             Path::new("a.toml"),

@@ -218,16 +218,22 @@ fn scenario_new_writes_a_loadable_scenario_with_the_observed_outcome() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
-async fn up_serves_until_ctrl_c() {
-    let w = world();
+/// `ingress-sim up --world WORLD` with its stdout piped.
+fn spawn_up(world: &str) -> (std::process::Child, std::process::ChildStdout) {
     let mut child = Command::new(BIN)
-        .args(["up", "--world", w.to_str().unwrap()])
+        .args(["up", "--world", world])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    (child, stdout)
+}
+
+#[tokio::test]
+async fn up_serves_until_ctrl_c() {
+    let w = world();
+    let (mut child, stdout) = spawn_up(w.to_str().unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut lines = BufReader::new(stdout).lines();
@@ -329,6 +335,15 @@ fn trace_options_direct_fault_and_websocket() {
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("--direct: no machine \"mach_nope\""), "{err}");
+    // So is a fault aimed at a machine the world does not have, before the world starts.
+    refused_before_running(
+        &[
+            "--fault",
+            r#"{"fault":"app_down","machine":"mach_12","port":3000}"#,
+            "https://misha.iterate.town/",
+        ],
+        "--fault: no machine \"mach_12\" in world \"default\"; did you mean \"mach_123\"?",
+    );
 }
 
 #[test]
@@ -538,4 +553,249 @@ async fn machine_runs_apps_behind_the_shipped_proxy() {
     assert_eq!(ev["event"]["error"], "proxy_error");
     signal_and_expect_clean_exit(&mut child, libc::SIGTERM, "machine did not stop on SIGTERM")
         .await;
+}
+
+/// The app hop of a `trace --json` run: (method, headers, body bytes).
+fn app_hop(args: &[&str]) -> (String, Vec<String>, u64) {
+    let mut all = vec!["trace", "--json", "--world", "default"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run(&all);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let app = doc["hops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hop"] == "app")
+        .unwrap_or_else(|| panic!("no app hop: {out}"))
+        .clone();
+    (
+        app["method"].as_str().unwrap().to_string(),
+        app["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap().to_string())
+            .collect(),
+        app["body_bytes"].as_u64().unwrap(),
+    )
+}
+
+/// `--world` takes a name (fixtures/worlds/<name>.toml) as scenario files do, or a path; a
+/// misspelt name gets a suggestion.
+#[test]
+fn world_by_name_or_path() {
+    let path = world();
+    for w in ["default", path.to_str().unwrap()] {
+        let (code, out, err) = run(&["trace", "--world", w, "https://misha.iterate.town/"]);
+        assert_eq!(code, 0, "{w}: {err}");
+        assert!(out.ends_with("reached the app\n"), "{w}: {out}");
+    }
+    let (code, _, err) = run(&["trace", "--world", "defualt", "https://misha.iterate.town/"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--world defualt: no defualt.toml in ")
+            && err.contains("did you mean default?"),
+        "{err}"
+    );
+}
+
+/// The curl-named flags do what curl does.
+#[test]
+fn curl_flags_behave_as_curl() {
+    let url = "https://misha.iterate.town/p";
+    // No -d: GET, no body, no content type.
+    let (m, h, n) = app_hop(&[url]);
+    assert_eq!((m.as_str(), n), ("GET", 0));
+    assert!(!h.iter().any(|h| h.starts_with("content-type")), "{h:?}");
+    // -d without -X: POST, form content type.
+    let (m, h, n) = app_hop(&["-d", "a=1", url]);
+    assert_eq!((m.as_str(), n), ("POST", 3));
+    assert!(
+        h.contains(&"content-type: application/x-www-form-urlencoded".to_string()),
+        "{h:?}"
+    );
+    // -d @file reads the file without CR and LF; repeated -d parts are joined with `&`.
+    let file = std::env::temp_dir().join(format!("curl-body-{}.txt", std::process::id()));
+    std::fs::write(&file, "x=1\r\ny=2\n").unwrap();
+    let at = format!("@{}", file.display());
+    let (m, _, n) = app_hop(&["-d", &at, "-d", "z=3", url]);
+    assert_eq!((m.as_str(), n), ("POST", "x=1y=2&z=3".len() as u64));
+    let _ = std::fs::remove_file(&file);
+    // -X wins over -d's POST; -H content type wins over the default.
+    let (m, h, _) = app_hop(&[
+        "-X",
+        "PUT",
+        "-d",
+        "{}",
+        "-H",
+        "Content-Type: application/json",
+        url,
+    ]);
+    assert_eq!(m, "PUT");
+    assert!(
+        h.contains(&"content-type: application/json".to_string()),
+        "{h:?}"
+    );
+    assert!(
+        !h.iter().any(|h| h.contains("x-www-form-urlencoded")),
+        "{h:?}"
+    );
+    // `-H 'Name:'` sends no such header; `-H 'Name;'` sends it empty.
+    let (_, h, _) = app_hop(&["-H", "X-Gone:", "-H", "X-Empty;", url]);
+    assert!(!h.iter().any(|h| h.starts_with("x-gone")), "{h:?}");
+    assert!(h.contains(&"x-empty: ".to_string()), "{h:?}");
+    // A missing file is an error before anything runs.
+    refused_before_running(&["-d", "@/no/such/file", url], "-d @/no/such/file");
+}
+
+/// `trace --world default ARGS` exits 1 with `msg` on stderr and nothing on stdout.
+fn refused_before_running(args: &[&str], msg: &str) {
+    let mut all = vec!["trace", "--world", "default"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run(&all);
+    assert_eq!(code, 1, "{args:?}: {err}");
+    assert!(err.contains(msg), "{err}");
+    assert!(out.is_empty(), "{out}");
+}
+
+/// Flags that cannot go together are refused by the parser, before any world starts.
+#[test]
+fn conflicting_flags_are_refused_up_front() {
+    let wss = "wss://3001__misha.iterate.town/ws";
+    for args in [["-d", "x"], ["-X", "POST"]] {
+        let mut all = vec!["trace", "--world", "default", "--ws-send", "hi", wss];
+        all.extend_from_slice(&args);
+        let (code, out, err) = run(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("cannot be used with"), "{err}");
+        assert!(out.is_empty(), "{out}");
+    }
+    // A ws:// URL is a WebSocket too: -d with it is refused before the world starts.
+    let ws = "ws://3001__misha.iterate.town/ws";
+    refused_before_running(&["-d", "x", ws], "takes no -d or -X");
+}
+
+/// `scenario new --world <a file outside the repository>` is refused: the scenario would point
+/// out of the repository.
+#[test]
+fn scenario_new_refuses_a_world_outside_the_repository() {
+    let base = std::env::temp_dir().join(format!("scen-out-{}", std::process::id()));
+    let repo = base.join("repo");
+    std::fs::create_dir_all(repo.join("fixtures/scenarios")).unwrap();
+    std::fs::create_dir_all(base.join("elsewhere")).unwrap();
+    let outside = base.join("elsewhere/mine.toml");
+    std::fs::copy(world(), &outside).unwrap();
+    let out = Command::new(BIN)
+        .current_dir(&repo)
+        .env("NO_COLOR", "1")
+        .args(["scenario", "new", "regressions/x", "--world"])
+        .arg(&outside)
+        .arg("https://misha.iterate.town/")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the world is outside the repository") && err.contains("copy it to"),
+        "{err}"
+    );
+    assert!(!repo.join("fixtures/scenarios/regressions/x.toml").exists());
+    // Inside the repository it is referenced relative to the scenario.
+    std::fs::create_dir_all(repo.join("fixtures/other")).unwrap();
+    std::fs::copy(world(), repo.join("fixtures/other/mine.toml")).unwrap();
+    let out = Command::new(BIN)
+        .current_dir(&repo)
+        .env("NO_COLOR", "1")
+        .args([
+            "scenario",
+            "new",
+            "regressions/x",
+            "--world",
+            "fixtures/other/mine.toml",
+            "https://misha.iterate.town/",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s =
+        sim::scenario::Scenario::load(&repo.join("fixtures/scenarios/regressions/x.toml")).unwrap();
+    assert_eq!(s.world, "../../other/mine.toml");
+    let _ = std::fs::remove_dir_all(base);
+}
+
+/// Every example `up` prints works as printed: the curl lines against the running world (where
+/// curl is installed), the trace line with this build's binary in place of `cargo run … --`.
+#[tokio::test]
+async fn up_examples_work_as_printed() {
+    let (mut child, stdout) = spawn_up("default");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let done = line.starts_with("(Ctrl-C");
+            out.push(line);
+            if done {
+                let _ = tx.send(out);
+                return;
+            }
+        }
+    });
+    let lines = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("up printed no examples");
+    let examples: Vec<String> = lines
+        .iter()
+        .skip_while(|l| *l != "try:")
+        .skip(1)
+        .filter(|l| l.starts_with("  "))
+        .map(|l| l.trim().split("   # ").next().unwrap().to_string())
+        .collect();
+    assert!(examples.len() >= 5, "{lines:#?}");
+    assert!(
+        !examples
+            .iter()
+            .any(|e| e.starts_with("ingress-sim") || e.contains("websocat")),
+        "{examples:#?}"
+    );
+    let have_curl = Command::new("curl").arg("--version").output().is_ok();
+    for e in &examples {
+        if let Some(rest) = e.strip_prefix("cargo run -q -p ingress-sim -- ") {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(format!("'{BIN}' {rest}"))
+                .env("NO_COLOR", "1")
+                .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{e}: {out:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stdout).ends_with("reached the app\n"),
+                "{e}: {out:?}"
+            );
+        } else if e.starts_with("curl ") {
+            if !have_curl {
+                eprintln!("skipped (curl is not installed): {e}");
+                continue;
+            }
+            let out = Command::new("sh").arg("-c").arg(e).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            if e.contains("Upgrade: websocket") {
+                // The tunnel stays open after the 101; curl's --max-time ends it (exit 28).
+                assert!(text.starts_with("HTTP/1.1 101"), "{e}: {out:?}");
+            } else {
+                assert!(out.status.success(), "{e}: {out:?}");
+                assert!(text.contains("\"app\""), "{e}: {text}");
+            }
+        } else {
+            panic!("an example this test does not know how to run: {e}");
+        }
+    }
+    signal_and_expect_clean_exit(&mut child, libc::SIGINT, "ingress-sim up did not stop").await;
 }
