@@ -1,4 +1,4 @@
-//! Parsing of the `X-Iterate-Proxy-Target-Host` header (reference §2.3, grammar "P2").
+//! Parsing of the `X-Iterate-Proxy-Target-Host` header (docs/behaviour.md §5.3, grammar "P2").
 //!
 //! The header tells the machine proxy which port on the machine's own loopback the request is for.
 //! Accepted forms, after trimming:
@@ -147,7 +147,7 @@ mod tests {
         parse_target_host(v).map(|t| t.port)
     }
 
-    /// Every row of the reference §2.3 table (P2 column).
+    /// Every row of the docs/behaviour.md §5.3 table (P2 column).
     #[test]
     fn reference_table_p2() {
         use TargetHostError::*;

@@ -55,7 +55,7 @@ async fn missing_and_blank_target_header_is_400_json() {
     }
 }
 
-/// Every row of the reference §2.3 table, through a running proxy: the app sees `Host:
+/// Every row of the docs/behaviour.md §5.3 table, through a running proxy: the app sees `Host:
 /// localhost:<port>` for the port the proxy chose, and refusals are 400 JSON.
 #[tokio::test]
 async fn target_header_table_through_running_proxy() {

@@ -159,7 +159,7 @@ async fn upgrade_to_closed_port_is_502() {
 
 #[tokio::test]
 async fn health_path_is_not_special_for_upgrades() {
-    // Reference §2.2: there is no /health shortcut on the upgrade path.
+    // docs/behaviour.md §5.2: there is no /health shortcut on the upgrade path.
     let app = start_ws_app().await;
     let p = proxy_to(app).await;
     let stream = TcpStream::connect(p.addr).await.unwrap();

@@ -263,10 +263,15 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
     if let Some(ws) = &doc.websocket {
         let _ = writeln!(
             o,
-            "  {} received {:?}, close {:?}",
+            "  {} received [{}], close {}",
             style.hop("websocket"),
-            ws.received,
+            ws.received
+                .iter()
+                .map(|m| format!("{m:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             ws.close_code
+                .map_or_else(|| "none".to_string(), |c| c.to_string())
         );
     }
     if let Some(s) = &doc.sse {

@@ -238,7 +238,7 @@ impl Scenario {
                 }
             }
             for f in &st.faults {
-                let Some((m, port)) = crate::world::fault_target(f) else {
+                let Some((m, port)) = f.names() else {
                     continue;
                 };
                 let Some(spec) = world.machine(m) else {

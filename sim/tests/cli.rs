@@ -321,7 +321,7 @@ fn trace_options_direct_fault_and_websocket() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(r#"received ["echo:hi", "bin:00ff"], close Some(1000)"#),
+        out.contains(r#"received ["echo:hi", "bin:00ff"], close 1000"#),
         "{out}"
     );
     // An unknown machine for --direct is bad input.

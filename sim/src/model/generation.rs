@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A generation of the OS router (reference §4).
+/// A generation of the OS router (docs/behaviour.md §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Generation {

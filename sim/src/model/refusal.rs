@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::ParseError;
 
-/// The router's error codes (reference §4), each with its one status.
+/// The router's error codes (docs/behaviour.md §3), each with its one status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
     /// No host matchers configured.
@@ -57,7 +57,7 @@ impl From<ParseError> for Code {
 }
 
 /// What a refusal says beyond its code. V0 shows none of it in its body (the trace shows
-/// `proxy_error`); V1+ render it as the envelope's `details` (reference §4 "Error envelope").
+/// `proxy_error`); V1+ render it as the envelope's `details` (docs/behaviour.md §3.1).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Details {

@@ -1,4 +1,4 @@
-//! The OS router (the `os` worker's ingress path), by generation (reference §4). The world's
+//! The OS router (the `os` worker's ingress path), by generation (docs/behaviour.md §3). The world's
 //! `router` field picks the generation; each is a file that reads as its spec's step list
 //! ([`v0`]), built from the shared [`step`]s. [`handle`] runs it, renders its [`Outcome`] once
 //! (a refusal in the generation's error envelope) and records the router's trace event.

@@ -1,4 +1,4 @@
-//! V0, "step 0" (reference §4 V0), step by step:
+//! V0, "step 0" (docs/behaviour.md §3.2), step by step:
 //!
 //! 1. `PROJECT_INGRESS_PROXY_HOST_MATCHERS` empty → `500 ingress_not_configured`.
 //! 2. The host (the URL hostname) must match a glob → else `404 not_found`.

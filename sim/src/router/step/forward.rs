@@ -1,4 +1,4 @@
-//! Forwarding (reference §4 "Forwarding"): the request to the machine's 8080 through the
+//! Forwarding (docs/behaviour.md §3.1): the request to the machine's 8080 through the
 //! provider, and the machine's answer back.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

@@ -1,6 +1,6 @@
 //! Public hostname → target (project slug or machine id, port), as the OS router parses it.
 //!
-//! V0 ("step 0", reference §4): labels = lowercase host split on `.`, empties dropped; fewer than 3
+//! V0 ("step 0", docs/behaviour.md §3.2): labels = lowercase host split on `.`, empties dropped; fewer than 3
 //! → `invalid_hostname`. If `labels[1] == "machines"`: at least 4 labels, a valid token, and an
 //! identifier starting `mach_` (else `invalid_hostname`); root = `labels[2..]`. Otherwise the token
 //! grammar of "Shared pieces", without slug validation; root = `labels[1..]`.
@@ -130,7 +130,7 @@ mod tests {
         );
     }
 
-    /// Reference §9 "Standard parse" table, V0 column where it differs.
+    /// docs/behaviour.md §6, the standard-parse table, V0 column where it differs.
     #[test]
     fn reference_parse_table_v0() {
         assert_eq!(ok("my-proj.iterate.app").1, "my-proj");

@@ -2,7 +2,7 @@
 //! for `PROJECT_INGRESS_PROXY_HOST_MATCHERS`.
 //!
 //! A hostname has no `/`, so minimatch's path segmentation never applies: `*` (and `**`) match any
-//! run of characters *including dots* (reference §4 V0 [obs]: `*.iterate.town` matches
+//! run of characters *including dots* (docs/behaviour.md §3.2, observed: `*.iterate.town` matches
 //! `a.b.iterate.town`). Also supported: `?` (one character), `[abc]`, `[a-z]`, `[!x]`/`[^x]`, and
 //! `{a,b}` brace alternatives (not nested). Matching is case-insensitive.
 //!
@@ -213,7 +213,7 @@ mod tests {
         parse_matchers(M).iter().any(|g| g.matches(host))
     }
 
-    /// Reference §9 "Matching" table.
+    /// docs/behaviour.md §6, the matching table.
     #[test]
     fn reference_matching_table() {
         for h in [
