@@ -6,7 +6,9 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue};
-use proxy::{HeadPlan, ProxyConfig, parse_target_host, plan_request, rewrite_request_headers};
+use project_ingress_proxy::{
+    HeadPlan, ProxyConfig, parse_target_host, plan_request, rewrite_request_headers,
+};
 
 fn parse(c: &mut Criterion) {
     for v in [

@@ -31,6 +31,9 @@ pub struct RequestRecord {
     pub status: u16,
     /// The proxy's own error code when it refused or failed.
     pub error: Option<&'static str>,
+    /// Why the exchange with the app failed (`connect_refused`, `reset`, `head_timeout`, … see
+    /// [`crate::cause`]), when it did.
+    pub cause: Option<&'static str>,
     pub upgraded: bool,
     /// Time to the response head.
     pub head_duration: Duration,
@@ -56,6 +59,7 @@ impl RequestRecord {
             upstream_addr: None,
             status: 0,
             error: None,
+            cause: None,
             upgraded: false,
             head_duration: Duration::ZERO,
             duration: Duration::ZERO,
@@ -98,15 +102,21 @@ impl AccessLog for TracingAccessLog {
             upstream = r.upstream_addr.map(tracing::field::display),
             status = r.status,
             error = r.error,
+            cause = r.cause,
             upgraded = r.upgraded,
-            duration_ms = r.duration.as_secs_f64() * 1000.0,
-            head_ms = r.head_duration.as_secs_f64() * 1000.0,
+            duration_ms = millis(r.duration),
+            head_ms = millis(r.head_duration),
             bytes_in = r.bytes_in,
             bytes_out = r.bytes_out,
             completed = r.completed,
             "request"
         );
     }
+}
+
+/// Milliseconds with microsecond precision (`2.268`, not `2.268455000000001`).
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 /// Fans a record out to several sinks.

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access_log::{LoggedBody, PendingLog, RequestRecord};
+use crate::cause;
 use crate::config::{SECRET_HEADER, TARGET_HOST_HEADER, VIA_HEADER};
 use crate::guard::EndFlag;
 use crate::hop_headers::{connection_has_token, strip_hop_by_hop};
@@ -309,10 +310,12 @@ async fn forward(
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 // Nobody asked for it (upgrades go to `upgrade_forward`).
                 tracing::debug!(request_id = %record.request_id, "101 to a request without an upgrade");
+                record.cause = Some(cause::UNREQUESTED_101);
                 return Err(ProxyError::ProxyError);
             }
             if response_head_len(&resp) > shared.cfg.limits.max_response_head_bytes {
                 tracing::debug!(request_id = %record.request_id, "response head too large");
+                record.cause = Some(cause::HEAD_TOO_LARGE);
                 return Err(ProxyError::ProxyError);
             }
             Ok(map_upstream_response(resp, false))
@@ -323,10 +326,14 @@ async fn forward(
                 // The client's own body was malformed or cut: not the app's fault.
                 Err(ProxyError::InvalidRequest)
             } else {
+                record.cause = Some(cause::of_client_error(&e));
                 Err(ProxyError::ProxyError)
             }
         }
-        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Err(_) => {
+            record.cause = Some(cause::HEAD_TIMEOUT);
+            Err(ProxyError::UpstreamTimeout)
+        }
     }
 }
 
@@ -348,12 +355,16 @@ async fn upgrade_forward(
     .await
     .map_err(|e| {
         tracing::debug!(request_id = %record.request_id, error = %e, "upstream connect failed");
+        record.cause = Some(cause::of_connect(&e));
         ProxyError::ProxyError
     })?;
     record.upstream_addr = Some(addr);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|_| ProxyError::ProxyError)?;
+        .map_err(|_| {
+            record.cause = Some(cause::UPSTREAM_FAILED);
+            ProxyError::ProxyError
+        })?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
@@ -370,8 +381,18 @@ async fn upgrade_forward(
         sender.send_request(Request::from_parts(parts, body)),
     )
     .await
-    .map_err(|_| ProxyError::UpstreamTimeout)?
-    .map_err(|_| ProxyError::ProxyError)?;
+    .map_err(|_| {
+        record.cause = Some(cause::HEAD_TIMEOUT);
+        ProxyError::UpstreamTimeout
+    })?
+    .map_err(|e| {
+        record.cause = Some(if e.is_parse() {
+            cause::INVALID_HEAD
+        } else {
+            cause::CLOSED
+        });
+        ProxyError::ProxyError
+    })?;
 
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(map_upstream_response(resp, false));

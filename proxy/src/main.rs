@@ -1,4 +1,4 @@
-//! `project-ingress-proxy` binary: parses configuration and calls [`proxy::serve`].
+//! `project-ingress-proxy` binary: parses configuration and calls [`project_ingress_proxy::serve`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use proxy::{Limits, ProxyConfig, Secret};
+use project_ingress_proxy::{Limits, ProxyConfig, Secret};
 use tokio::net::TcpListener;
 
 /// A proxy allocates and frees small buffers on every request; mimalloc does that markedly
@@ -27,7 +27,7 @@ enum LogFormat {
 /// bare hostname (port 3000). `GET /health` answers `200 OK`. Log level comes from `RUST_LOG`
 /// (default `info`).
 #[derive(Debug, Parser)]
-#[command(name = "project-ingress-proxy", version, about, long_about)]
+#[command(name = "project-ingress-proxy", version = env!("PROXY_VERSION"), about, long_about)]
 struct Args {
     /// Address to listen on.
     #[arg(
@@ -185,9 +185,26 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     init_logging(args.log_format);
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // In the chosen log format (a JSON line with `--log-format json`), unless logging is
+            // filtered off, when it goes to stderr as text.
+            let error = format!("{e:#}");
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!(error = %error, "fatal");
+            } else {
+                eprintln!("project-ingress-proxy: {error}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     let secret = load_secret(&args)?;
     let config = ProxyConfig {
         secret,
@@ -225,7 +242,7 @@ fn main() -> anyhow::Result<()> {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        proxy::serve(listener, config, shutdown)
+        project_ingress_proxy::serve(listener, config, shutdown)
             .await
             .context("serving")
     })

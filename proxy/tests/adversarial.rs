@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::start_proxy;
-use proxy::{Limits, ProxyConfig};
+use project_ingress_proxy::{Limits, ProxyConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wire::Parse;
@@ -82,6 +82,8 @@ async fn app_conn(mut s: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
                 "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok".into()
             }
             "/refuse-upgrade" => "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno".into(),
+            "/garbage" => "NOT HTTP AT ALL\r\n\r\n".into(),
+            "/closes" => return,
             _ => format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{got}",
                 got.len()
@@ -401,4 +403,47 @@ async fn unhonoured_upgrades_and_unframeable_heads_end_the_connection() {
         assert_eq!(statuses(&r), vec![405], "full={full}: {r}");
     }
     assert!(!app.seen.lock().unwrap().iter().any(|s| s == "/after"));
+}
+
+/// Every failed exchange's access-log record says why (`cause`), the same word on both paths.
+#[tokio::test]
+async fn access_records_say_why_the_app_failed() {
+    let app = app().await;
+    let dead = common::dead_addr().await;
+    let up = app.addr;
+    let p = start_proxy(ProxyConfig {
+        localhost: Arc::new(move |port: u16| vec![if port == 3999 { dead } else { up }]),
+        limits: Limits {
+            upstream_head_timeout: HEAD_TIMEOUT,
+            ..Limits::default()
+        },
+        ..ProxyConfig::default()
+    })
+    .await;
+    let cases = [
+        ("/x", "localhost:3999", 502, "connect_refused"),
+        ("/garbage", "localhost:3000", 502, "invalid_response_head"),
+        ("/101", "localhost:3000", 502, "unrequested_101"),
+        ("/closes", "localhost:3000", 502, "closed_before_head"),
+        ("/silent", "localhost:3000", 504, "head_timeout"),
+    ];
+    for full in [false, true] {
+        for (path, target, status, cause) in cases {
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: h\r\nX-Iterate-Proxy-Target-Host: {target}\r\nConnection: close\r\n\r\n"
+            );
+            let r = talk(p.addr, full, &[req.as_bytes()], Duration::ZERO).await;
+            assert_eq!(statuses(&r), vec![status], "{path} full={full}: {r}");
+            let rec = p
+                .records
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find(|r| r.path == path)
+                .cloned()
+                .unwrap_or_else(|| panic!("no record for {path}"));
+            assert_eq!(rec.cause, Some(cause), "{path} full={full}: {rec:?}");
+        }
+    }
 }

@@ -116,8 +116,21 @@ fn help_and_version() {
     ] {
         assert!(help.contains(flag), "help lacks {flag}:\n{help}");
     }
+    // `project-ingress-proxy 0.1.0 (<commit>)`: the commit this binary was built from.
     let out = Command::new(BIN).arg("--version").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("project-ingress-proxy "));
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let commit = version
+        .strip_prefix(&format!(
+            "project-ingress-proxy {} (",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("version line {version:?}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{version:?}"
+    );
     // Bad input: a clear error and a non-zero exit, no panic.
     let out = Command::new(BIN)
         .args(["--listen", "nope"])
@@ -126,6 +139,29 @@ fn help_and_version() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'nope'"));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
+
+/// A fatal error (here: the listen address is taken) is one log line in the chosen format, and
+/// the exit code is non-zero.
+#[test]
+fn fatal_errors_follow_the_log_format() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["--listen", &addr, "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .env_remove("PROJECT_INGRESS_PROXY_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"));
+    assert_eq!(v["level"], "ERROR", "{last}");
+    assert_eq!(v["message"], "fatal", "{last}");
+    assert!(v["error"].as_str().unwrap_or("").contains(&addr), "{last}");
+    assert_eq!(v["target"], "project_ingress_proxy", "{last}");
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{dead_addr, start_proxy};
-use proxy::{Limits, ProxyConfig, Secret};
+use project_ingress_proxy::{Limits, ProxyConfig, Secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wire::Parse;

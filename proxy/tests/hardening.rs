@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use http_body_util::BodyExt;
-use proxy::{Limits, ProxyConfig};
+use project_ingress_proxy::{Limits, ProxyConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

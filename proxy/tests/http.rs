@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 use http_body_util::BodyExt;
-use proxy::{ProxyConfig, Secret};
+use project_ingress_proxy::{ProxyConfig, Secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -494,7 +494,7 @@ async fn graceful_stop_waits_for_in_flight_request() {
 #[tokio::test]
 async fn idle_upstream_connection_past_the_idle_timeout_is_not_reused() {
     let (app, ctl) = start_app().await;
-    let limits = proxy::config::Limits {
+    let limits = project_ingress_proxy::config::Limits {
         pool_idle_timeout: Duration::from_millis(100),
         ..Default::default()
     };

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use project_ingress_proxy::localhost::Loopback;
+use project_ingress_proxy::{Localhost, ProxyConfig, parse_target_host};
 use proptest::prelude::*;
-use proxy::localhost::Loopback;
-use proxy::{Localhost, ProxyConfig, parse_target_host};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -174,7 +174,7 @@ proptest! {
             let (app, _) = start_app().await;
             let p = start_proxy(ProxyConfig {
                 localhost: Arc::new(move |_p: u16| vec![app]),
-                limits: proxy::Limits { header_read_timeout: Duration::from_millis(500), ..proxy::Limits::default() },
+                limits: project_ingress_proxy::Limits { header_read_timeout: Duration::from_millis(500), ..project_ingress_proxy::Limits::default() },
                 ..ProxyConfig::default()
             })
             .await;
@@ -277,14 +277,14 @@ proptest! {
         }
         raw.push_str("\r\n");
         let mut out = Vec::new();
-        let plan = proxy::plan_request(&ProxyConfig::default(), 8080, raw.as_bytes(), &mut out);
+        let plan = project_ingress_proxy::plan_request(&ProxyConfig::default(), 8080, raw.as_bytes(), &mut out);
         match plan {
-            proxy::HeadPlan::Forward(p) => {
+            project_ingress_proxy::HeadPlan::Forward(p) => {
                 prop_assert_eq!(p.port, 4096);
                 prop_assert_eq!(p.consumed, raw.len());
                 prop_assert!(out.starts_with(b"GET /p?q=1 HTTP/1.1\r\n"));
                 let target = parse_target_host("4096__m.iterate.town").unwrap();
-                proxy::rewrite_request_headers(&mut map, target, false);
+                project_ingress_proxy::rewrite_request_headers(&mut map, target, false);
                 let mut full: Vec<_> = map
                     .iter()
                     .map(|(k, v)| {

@@ -117,7 +117,7 @@ async fn soak_mixed_traffic_no_growth() {
     let ws_app = start_ws_app().await;
     let mut child = Command::new(BIN)
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env("RUST_LOG", "warn,proxy::server=info")
+        .env("RUST_LOG", "warn,project_ingress_proxy::server=info")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

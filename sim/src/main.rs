@@ -471,7 +471,7 @@ fn main() -> ExitCode {
     let verbose_up = matches!(cli.cmd, Cmd::Up { .. });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if verbose_up {
-            "info,project_ingress_proxy::access=warn,proxy::server=warn"
+            "info,project_ingress_proxy::access=warn,project_ingress_proxy::server=warn"
         } else {
             "warn"
         })

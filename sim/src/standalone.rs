@@ -253,7 +253,7 @@ mod tests {
         assert_eq!(ev.status, 200);
         assert!(ev.completed);
         let other: Value = serde_json::from_str(
-            r#"{"message":"project-ingress-proxy listening","target":"proxy::server"}"#,
+            r#"{"message":"project-ingress-proxy listening","target":"project_ingress_proxy::server"}"#,
         )
         .unwrap();
         assert!(access_line_event("m1", &other).is_none());

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::cause;
 use crate::localhost::connect_local;
 use crate::retry::stale_io;
 use crate::shared::Shared;
@@ -19,7 +20,7 @@ pub(super) enum Exchange {
     /// A pooled connection died before any byte of an answer: the request may not have been seen.
     Stale,
     /// The app could not be reached or answered badly (with the address, once connected).
-    Failed(Option<SocketAddr>),
+    Failed(Option<SocketAddr>, &'static str),
     /// The client went away while its body was being streamed.
     ClientGone,
 }
@@ -93,15 +94,15 @@ pub(super) async fn exchange(
             .await
             .map_err(|e| {
                 tracing::debug!(port, error = %e, "upstream connect failed");
-                Exchange::Failed(None)
+                Exchange::Failed(None, cause::of_connect(&e))
             })?,
     };
-    let failed = Exchange::Failed(Some(addr));
+    let failed = |why| Exchange::Failed(Some(addr), why);
     let lost = |e: Option<&io::Error>| {
         if reused && e.is_none_or(stale_io) {
             Exchange::Stale
         } else {
-            Exchange::Failed(Some(addr))
+            failed(e.map_or(cause::CLOSED, cause::of_io))
         }
     };
     if let Err(e) = up.write_all(req).await {
@@ -117,7 +118,7 @@ pub(super) async fn exchange(
             head_limit: limits.max_response_head_bytes,
         };
         body.run(pending, ubuf, out).await.map_err(|e| match e {
-            BodyError::Upstream => Exchange::Failed(Some(addr)),
+            BodyError::Upstream(why) => failed(why),
             BodyError::ClientGone => Exchange::ClientGone,
         })?
     } else {
@@ -130,7 +131,7 @@ pub(super) async fn exchange(
             loop {
                 match response_head(&ubuf[start..], at.head_method, close, out) {
                     Head::Partial => break,
-                    Head::Invalid => return Err(failed),
+                    Head::Invalid(why) => return Err(failed(why)),
                     Head::Interim(n) => {
                         write_to(client, out)
                             .await
@@ -140,7 +141,7 @@ pub(super) async fn exchange(
                     Head::Final(head) => {
                         if head.len > limits.max_response_head_bytes {
                             tracing::debug!(port, "response head too large");
-                            return Err(failed);
+                            return Err(failed(cause::HEAD_TOO_LARGE));
                         }
                         if start > 0 {
                             ubuf.drain(..start);
@@ -153,16 +154,16 @@ pub(super) async fn exchange(
         if ubuf.capacity() - ubuf.len() < 1024 {
             if ubuf.len() - start > limits.max_response_head_bytes {
                 tracing::debug!(port, "response head too large");
-                return Err(failed);
+                return Err(failed(cause::HEAD_TOO_LARGE));
             }
             ubuf.reserve(FIRST_READ);
         }
         match up.read_buf(ubuf).await {
             Ok(0) if ubuf.is_empty() => return Err(lost(None)),
-            Ok(0) => return Err(failed),
+            Ok(0) => return Err(failed(cause::CLOSED)),
             Ok(_) => {}
             Err(e) if ubuf.is_empty() => return Err(lost(Some(&e))),
-            Err(_) => return Err(failed),
+            Err(e) => return Err(failed(cause::of_io(&e))),
         }
     }
 }

@@ -53,6 +53,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::access_log::RequestRecord;
+use crate::cause;
 use crate::responses::{ProxyError, error_body};
 use crate::retry::is_idempotent;
 use crate::shared::Shared;
@@ -308,7 +309,7 @@ impl FastConn {
                 }
             };
             match deadline.run(&at, watched).await {
-                None => break Err((ProxyError::UpstreamTimeout, None)),
+                None => break Err((ProxyError::UpstreamTimeout, None, cause::HEAD_TIMEOUT)),
                 Some(None) | Some(Some(Err(Exchange::ClientGone))) => {
                     // The client left before the answer: drop the upstream request, as hyper
                     // does when it cancels a handler, and log nothing.
@@ -321,17 +322,22 @@ impl FastConn {
                         tracing::debug!("stale upstream connection; retrying once");
                         fresh = true;
                     }
-                    Err(Exchange::Stale) => break Err((ProxyError::ProxyError, None)),
-                    Err(Exchange::Failed(addr)) => break Err((ProxyError::ProxyError, addr)),
+                    Err(Exchange::Stale) => {
+                        break Err((ProxyError::ProxyError, None, cause::STALE));
+                    }
+                    Err(Exchange::Failed(addr, why)) => {
+                        break Err((ProxyError::ProxyError, addr, why));
+                    }
                     Err(Exchange::ClientGone) => return false,
                 },
             }
         };
         let (up, addr, head, unsent) = match outcome {
             Ok(v) => v,
-            Err((e, addr)) => {
+            Err((e, addr, why)) => {
                 if let Some(log) = plan.log.as_mut() {
                     log.upstream_addr = addr;
+                    log.cause = Some(why);
                 }
                 // Part of the body may still be on its way from the client: never read it as the
                 // next request. The answer says `connection: close`, and the connection closes

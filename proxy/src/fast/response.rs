@@ -2,6 +2,7 @@
 
 use super::bytes::{is, parse_decimal, push_u64, tokens};
 use super::hop::Hop;
+use crate::cause;
 use std::mem::MaybeUninit;
 
 /// Most header fields accepted in an app's response head (the same limit as the hyper client).
@@ -30,7 +31,8 @@ pub(super) struct RespHead {
 #[derive(Debug)]
 pub(super) enum Head {
     Partial,
-    Invalid,
+    /// Not acceptable, and why (a [`crate::cause`] word).
+    Invalid(&'static str),
     /// A 1xx other than 101, of this length, passed on to the client (its head is in `out`).
     Interim(usize),
     Final(RespHead),
@@ -54,14 +56,14 @@ pub(super) fn response_head(
     ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Head::Partial,
-        Err(_) => return Head::Invalid,
+        Err(_) => return Head::Invalid(cause::INVALID_HEAD),
     };
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
-        return Head::Invalid;
+        return Head::Invalid(cause::INVALID_HEAD);
     };
     if status == 101 {
         // Never asked for (upgrades go through hyper).
-        return Head::Invalid;
+        return Head::Invalid(cause::UNREQUESTED_101);
     }
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None;
@@ -72,7 +74,7 @@ pub(super) fn response_head(
         if is(name, "content-length") {
             match parse_decimal(h.value) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                _ => return Head::Invalid,
+                _ => return Head::Invalid(cause::INVALID_HEAD),
             }
         } else if is(name, "transfer-encoding") {
             te = Some(
@@ -81,7 +83,7 @@ pub(super) fn response_head(
                     .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
             );
         } else if !hop.note(name, h.value) {
-            return Head::Invalid;
+            return Head::Invalid(cause::INVALID_HEAD);
         } else if is(name, "date") {
             has_date = true;
         }
@@ -171,7 +173,7 @@ mod tests {
             }
             Head::Interim(n) => Err(format!("interim {n}: {}", String::from_utf8(out).unwrap())),
             Head::Partial => Err("partial".into()),
-            Head::Invalid => Err("invalid".into()),
+            Head::Invalid(_) => Err("invalid".into()),
         }
     }
 

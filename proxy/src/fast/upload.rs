@@ -6,6 +6,8 @@ use super::timer::MovingDeadline;
 use std::io;
 
 use tokio::net::TcpStream;
+
+use crate::cause;
 use tokio::time::Instant;
 
 /// Buffer for streaming a request body that did not arrive with its head.
@@ -14,8 +16,8 @@ pub(super) const BODY_CHUNK: usize = 16 * 1024;
 /// Why copying a body stopped short.
 #[derive(Debug)]
 pub(super) enum BodyError {
-    /// The app's connection failed (or the app closed it).
-    Upstream,
+    /// The app's connection failed (or the app closed it), and why.
+    Upstream(&'static str),
     /// The client went away.
     ClientGone,
 }
@@ -62,18 +64,18 @@ impl BodyStream<'_> {
             tokio::select! {
                 biased;
                 r = up.readable() => {
-                    r.map_err(|_| BodyError::Upstream)?;
+                    r.map_err(|e| BodyError::Upstream(cause::of_io(&e)))?;
                     ubuf.reserve(FIRST_READ);
                     match up.try_read_buf(ubuf) {
                         // The app gives up before the whole body is sent.
-                        Ok(0) => return Err(BodyError::Upstream),
+                        Ok(0) => return Err(BodyError::Upstream(cause::CLOSED)),
                         Ok(_) => {
                             if self.pass_interims(ubuf, out).await? || ubuf.len() > self.head_limit {
                                 return Ok(pending + (hi - lo) as u64);
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(BodyError::Upstream),
+                        Err(e) => return Err(BodyError::Upstream(cause::of_io(&e))),
                     }
                 }
                 r = client.readable(), if lo == hi => {
@@ -90,14 +92,14 @@ impl BodyStream<'_> {
                     }
                 }
                 r = up.writable(), if lo < hi => {
-                    r.map_err(|_| BodyError::Upstream)?;
+                    r.map_err(|e| BodyError::Upstream(cause::of_io(&e)))?;
                     match up.try_write(&chunk[lo..hi]) {
                         Ok(n) => {
                             lo += n;
                             self.progress.set(Instant::now() + self.head_timeout);
                         }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Err(BodyError::Upstream),
+                        Err(e) => return Err(BodyError::Upstream(cause::of_io(&e))),
                     }
                 }
             }
@@ -122,7 +124,7 @@ impl BodyStream<'_> {
                     start += n;
                 }
                 Head::Partial => break false,
-                Head::Final(_) | Head::Invalid => break true,
+                Head::Final(_) | Head::Invalid(_) => break true,
             }
         };
         ubuf.drain(..start);

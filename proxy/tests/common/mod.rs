@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use proxy::{ProxyConfig, RequestRecord};
+use project_ingress_proxy::{ProxyConfig, RequestRecord};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -44,7 +44,7 @@ impl RunningProxy {
 }
 
 struct Collect(Arc<std::sync::Mutex<Vec<RequestRecord>>>);
-impl proxy::AccessLog for Collect {
+impl project_ingress_proxy::AccessLog for Collect {
     fn record(&self, rec: &RequestRecord) {
         self.0.lock().unwrap().push(rec.clone());
     }
@@ -56,7 +56,7 @@ pub async fn start_proxy(mut config: ProxyConfig) -> RunningProxy {
     let records = Arc::new(std::sync::Mutex::new(Vec::new()));
     config.access_log = Arc::new(Collect(records.clone()));
     let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(proxy::serve(listener, config, async move {
+    let task = tokio::spawn(project_ingress_proxy::serve(listener, config, async move {
         let _ = rx.await;
     }));
     RunningProxy {
