@@ -90,14 +90,17 @@ impl StepDoc {
 fn hop_rank(e: &Event) -> u8 {
     match e {
         Event::Edge(_) => 0,
-        Event::Router(_) => 1,
-        Event::Provider(_) => 2,
-        Event::Machine(_) => 3,
-        Event::App(_) => 4,
+        Event::Worker(_) => 1,
+        Event::Router(_) => 2,
+        Event::ControlPlane(_) => 3,
+        Event::Provider(_) => 4,
+        Event::Machine(_) => 5,
+        Event::App(_) => 6,
     }
 }
 
-/// Chain order: edge, router, provider(s), machine, app; record order within a hop.
+/// Chain order: edge, worker, router, control plane, provider(s), machine, app; record order
+/// within a hop.
 pub fn chain_order(mut events: Vec<Event>) -> Vec<Event> {
     events.sort_by_key(hop_rank);
     events

@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod client;
+pub mod control_plane;
 pub mod edge;
 pub mod exec;
 pub mod fixture_file;
@@ -22,6 +23,7 @@ pub mod runtime;
 pub mod scenario;
 pub mod standalone;
 pub mod trace;
+pub mod worker;
 pub mod world;
 
 pub use model::Fault;
