@@ -73,9 +73,29 @@ pub struct StepDoc {
     pub websocket: Option<WebSocketDoc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sse: Option<SseDoc>,
+    /// A browser step's navigations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub browser: Option<crate::browser::BrowserDoc>,
+    /// A `concurrent` step's copies, sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub concurrent: Vec<CopyDoc>,
     /// A failure of the step itself (connection error, hang), not of the chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_error: Option<String>,
+}
+
+/// One copy of a `concurrent` step: its answer and the decisions behind it (without trace ids,
+/// so that the sorted list is the same whichever copy won).
+#[derive(Debug, Clone, Serialize, PartialEq, PartialOrd)]
+pub struct CopyDoc {
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set_cookie: Vec<String>,
+    pub body: String,
+    /// The control plane's decisions (and the router's outcome) for this copy.
+    pub decisions: Vec<String>,
 }
 
 impl StepDoc {
@@ -163,6 +183,8 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
         response: None,
         websocket: None,
         sse: None,
+        browser: None,
+        concurrent: vec![],
         client_error: None,
     };
     for f in &step.faults {
@@ -181,6 +203,22 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
             }
         },
     };
+    if let Some(n) = step.concurrent {
+        doc.request.via = format!("edge, {n} copies at once");
+        return run_concurrent(world, addr, step, n, doc).await;
+    }
+    if step.kind == StepKind::Browser {
+        doc.request.via = "browser".into();
+        let run = crate::browser::run(world, step, &mut doc);
+        if tokio::time::timeout(STEP_TIMEOUT * 3, run).await.is_err() {
+            doc.client_error = Some(format!(
+                "browser step did not finish within {}s",
+                STEP_TIMEOUT.as_secs() * 3
+            ));
+        }
+        mask_random_headers(&mut doc);
+        return doc;
+    }
     let id = world.trace().next_id();
     let mut headers = step.headers.clone();
     headers.push((TRACE_HEADER.to_string(), id.clone()));
@@ -189,6 +227,8 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
             StepKind::Http => run_http(addr, step, &headers, &mut doc).await,
             StepKind::Sse => run_sse(world, addr, step, &headers, &mut doc).await,
             StepKind::Websocket => run_ws(addr, step, &headers, &mut doc).await,
+            // Handled above.
+            StepKind::Browser => {}
         }
     };
     if tokio::time::timeout(STEP_TIMEOUT, run).await.is_err() {
@@ -215,11 +255,102 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
     doc
 }
 
+/// Sends `n` copies of an http step at once; each copy's answer and decisions, sorted.
+async fn run_concurrent(
+    world: &World,
+    addr: std::net::SocketAddr,
+    step: &Step,
+    n: usize,
+    mut doc: StepDoc,
+) -> StepDoc {
+    let copies = (0..n).map(|_| {
+        let id = world.trace().next_id();
+        let mut headers = step.headers.clone();
+        headers.push((TRACE_HEADER.to_string(), id.clone()));
+        async move {
+            let mut d = doc_for(step);
+            let _ =
+                tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
+            (id, d)
+        }
+    });
+    let done = futures_util::future::join_all(copies).await;
+    for (id, d) in done {
+        let evs = world
+            .trace()
+            .wait_finished(&id, REPLY_TIMEOUT, |_| true)
+            .await;
+        let mut decisions = Vec::new();
+        for e in chain_order(evs) {
+            match e {
+                Event::Router(r) => decisions.push(format!("router: {} {}", r.status, r.outcome)),
+                Event::ControlPlane(c) => {
+                    decisions.push(format!(
+                        "control plane [{}]: {} {}",
+                        c.route, c.status, c.outcome
+                    ));
+                    decisions.extend(c.decisions);
+                }
+                _ => {}
+            }
+        }
+        let Some(r) = d.response else {
+            doc.client_error = d.client_error;
+            continue;
+        };
+        let header = |name: &str| -> Vec<String> {
+            r.headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        doc.concurrent.push(CopyDoc {
+            status: r.status,
+            location: header("location").into_iter().next(),
+            set_cookie: header("set-cookie"),
+            body: match &r.body {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+            decisions,
+        });
+    }
+    doc.concurrent
+        .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    doc
+}
+
+fn doc_for(step: &Step) -> StepDoc {
+    StepDoc {
+        request: RequestDoc {
+            method: step.method.clone(),
+            url: step.url.clone(),
+            via: "edge".into(),
+            headers: vec![],
+            body: None,
+        },
+        faults: vec![],
+        hops: vec![],
+        response: None,
+        websocket: None,
+        sse: None,
+        browser: None,
+        concurrent: vec![],
+        client_error: None,
+    }
+}
+
 /// Values that change on every run by design (the WebSocket handshake key is random).
 const RANDOM_HEADERS: [&str; 1] = ["sec-websocket-key"];
 
 fn mask_random_headers(doc: &mut StepDoc) {
-    for h in doc.hops.iter_mut() {
+    let navs = doc
+        .browser
+        .iter_mut()
+        .flat_map(|b| b.navigations.iter_mut())
+        .flat_map(|n| n.hops.iter_mut());
+    for h in doc.hops.iter_mut().chain(navs) {
         if let Event::App(a) = h {
             for (k, v) in a.headers.iter_mut() {
                 if RANDOM_HEADERS.contains(&k.as_str()) {

@@ -6,6 +6,7 @@
 //! it received and decided in the [`trace`].
 
 pub mod apps;
+pub mod browser;
 pub mod client;
 pub mod control_plane;
 pub mod edge;

@@ -92,8 +92,10 @@ impl Platform {
         let states = machines.iter().map(|m| (m.id.clone(), m.state)).collect();
         let mut auth = AuthTables::default();
         for s in &accounts.sessions {
-            auth.sessions
-                .insert(s.token.clone(), (s.user.clone(), SESSION_TTL_S));
+            auth.sessions.insert(
+                s.token.clone(),
+                (s.user.clone(), CLOCK_START + SESSION_TTL_S),
+            );
         }
         Platform {
             projects,

@@ -1,6 +1,7 @@
 //! The sim sign-in (standing in for Better Auth's), `/api/auth/*`, and the control plane's app.
 //!
-//! - `GET /login?redirectUrl=…` shows a form (a user id and the redirect); `POST /login` with
+//! - `GET /login?redirectUrl=…` shows a form (a user id and the redirect), or, to a user already
+//!   signed in, redirects to `redirectUrl` at once (our reading); `POST /login` with
 //!   `userId` (and `redirectUrl`) signs that user in: a new session, its cookie (set on the host
 //!   that served the form), and a 302 to `redirectUrl` normalized as a redirect path (another
 //!   origin → `/`; our reading). An unknown user → 401 `{"message":"Unknown user"}`.
@@ -30,6 +31,11 @@ pub async fn form(
 ) -> Response<BoxBody> {
     let ev = event(&caller, method.as_str(), &uri, "login (form)");
     let redirect = q.get("redirectUrl").cloned().unwrap_or_else(|| "/".into());
+    if caller.session.is_some() {
+        let to = normalize_redirect_path(Some(&redirect));
+        let reply = Reply::redirect(ev, &to, "already signed in: to redirectUrl");
+        return finish(&ctx, &caller, reply);
+    }
     let html = format!(
         "<form method=\"post\" action=\"/login\"><input name=\"userId\"><input type=\"hidden\" name=\"redirectUrl\" value=\"{}\"><button>Sign in</button></form>",
         redirect.replace('&', "&amp;").replace('"', "&quot;")
