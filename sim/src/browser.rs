@@ -22,10 +22,10 @@ use reqwest::cookie::{CookieStore, Jar};
 use serde::Serialize;
 
 use crate::control_plane::cookies;
-use crate::exec::{ResponseDoc, StepDoc, body_value, chain_order};
 use crate::router::step::canonical::public_origin;
 use crate::runtime::World;
 use crate::scenario::Step;
+use crate::trace::chain_order;
 use crate::trace::{Event, TRACE_HEADER};
 
 /// A browser's redirect limit.
@@ -63,6 +63,21 @@ pub struct BrowserDoc {
     pub stopped: Option<String>,
 }
 
+/// The page a browser ended on.
+pub struct FinalPage {
+    pub status: u16,
+    /// Sorted, without `Date`.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// What a browser step did.
+pub struct BrowserRun {
+    pub doc: BrowserDoc,
+    pub final_page: Option<FinalPage>,
+}
+
 /// Whether `host` domain-matches a cookie's `Domain` (RFC 6265 §5.1.3).
 fn domain_matches(host: &str, domain: &str) -> bool {
     let d = domain.trim_start_matches('.').to_lowercase();
@@ -92,7 +107,7 @@ fn verdict(url: &url::Url, set_cookie: &str) -> String {
 }
 
 /// Runs a browser step: navigations until a page that is not a redirect (or the limit).
-pub async fn run(world: &World, step: &Step, doc: &mut StepDoc) {
+pub async fn run(world: &World, step: &Step) -> Result<BrowserRun, String> {
     let jar = std::sync::Arc::new(Jar::default());
     let mut b = BrowserDoc {
         signed_in_as: None,
@@ -103,15 +118,11 @@ pub async fn run(world: &World, step: &Step, doc: &mut StepDoc) {
     };
     let public = match public_origin(world.spec().env.public_url()) {
         Ok(p) => p,
-        Err(e) => {
-            doc.client_error = Some(format!("VITE_PUBLIC_URL: {e}"));
-            return;
-        }
+        Err(e) => return Err(format!("VITE_PUBLIC_URL: {e}")),
     };
     if let Some(user) = &step.as_user {
         let Some(s) = world.platform().create_session(user) else {
-            doc.client_error = Some(format!("as: no user {user:?} in the world"));
-            return;
+            return Err(format!("as: no user {user:?} in the world"));
         };
         let cross = world
             .spec()
@@ -135,17 +146,11 @@ pub async fn run(world: &World, step: &Step, doc: &mut StepDoc) {
         .build()
     {
         Ok(c) => c,
-        Err(e) => {
-            doc.client_error = Some(format!("browser: {e}"));
-            return;
-        }
+        Err(e) => return Err(format!("browser: {e}")),
     };
     let mut url = match url::Url::parse(&step.url) {
         Ok(u) => u,
-        Err(e) => {
-            doc.client_error = Some(format!("url: {e}"));
-            return;
-        }
+        Err(e) => return Err(format!("url: {e}")),
     };
     let mut method = step.method.clone();
     let mut body = step.body.clone();
@@ -154,7 +159,7 @@ pub async fn run(world: &World, step: &Step, doc: &mut StepDoc) {
     let mut logged_in = false;
     let max = step.max_navigations.unwrap_or(MAX_NAVIGATIONS);
     let edge = world.addrs.edge;
-    let mut last: Option<(u16, Vec<(String, String)>, Vec<u8>, bool)> = None;
+    let mut last: Option<FinalPage> = None;
     for _ in 0..max {
         let id = world.trace().next_id();
         let host = url.host_str().unwrap_or("").to_string();
@@ -245,7 +250,12 @@ pub async fn run(world: &World, step: &Step, doc: &mut StepDoc) {
             hops,
         });
         b.final_url = url.to_string();
-        last = Some((status, headers, bytes, truncated));
+        last = Some(FinalPage {
+            status,
+            headers,
+            body: bytes,
+            truncated,
+        });
         let redirect = matches!(status, 301 | 302 | 303 | 307 | 308);
         if let (true, Some(loc)) = (redirect, &location) {
             let next = match url.join(loc) {
@@ -301,17 +311,11 @@ pub async fn run(world: &World, step: &Step, doc: &mut StepDoc) {
             b.stopped = Some(format!("too many redirects ({max} navigations)"));
         }
     }
-    if let Some((status, mut headers, bytes, truncated)) = last {
-        headers.sort();
-        doc.response = Some(ResponseDoc {
-            status,
-            headers,
-            body: body_value(&bytes),
-            body_bytes: bytes.len() as u64,
-            truncated,
-        });
-    }
-    doc.browser = Some(b);
+    let final_page = last.map(|mut p| {
+        p.headers.sort();
+        p
+    });
+    Ok(BrowserRun { doc: b, final_page })
 }
 
 #[cfg(test)]

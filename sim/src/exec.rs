@@ -107,24 +107,7 @@ impl StepDoc {
     }
 }
 
-fn hop_rank(e: &Event) -> u8 {
-    match e {
-        Event::Edge(_) => 0,
-        Event::Worker(_) => 1,
-        Event::Router(_) => 2,
-        Event::ControlPlane(_) => 3,
-        Event::Provider(_) => 4,
-        Event::Machine(_) => 5,
-        Event::App(_) => 6,
-    }
-}
-
-/// Chain order: edge, worker, router, control plane, provider(s), machine, app; record order
-/// within a hop.
-pub fn chain_order(mut events: Vec<Event>) -> Vec<Event> {
-    events.sort_by_key(hop_rank);
-    events
-}
+pub use crate::trace::chain_order;
 
 fn shown_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = h
@@ -209,12 +192,27 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
     }
     if step.kind == StepKind::Browser {
         doc.request.via = "browser".into();
-        let run = crate::browser::run(world, step, &mut doc);
-        if tokio::time::timeout(STEP_TIMEOUT * 3, run).await.is_err() {
-            doc.client_error = Some(format!(
-                "browser step did not finish within {}s",
-                STEP_TIMEOUT.as_secs() * 3
-            ));
+        let run = crate::browser::run(world, step);
+        match tokio::time::timeout(STEP_TIMEOUT * 3, run).await {
+            Err(_) => {
+                doc.client_error = Some(format!(
+                    "browser step did not finish within {}s",
+                    STEP_TIMEOUT.as_secs() * 3
+                ));
+            }
+            Ok(Err(e)) => doc.client_error = Some(e),
+            Ok(Ok(run)) => {
+                if let Some(p) = run.final_page {
+                    doc.response = Some(ResponseDoc {
+                        status: p.status,
+                        headers: p.headers,
+                        body: body_value(&p.body),
+                        body_bytes: p.body.len() as u64,
+                        truncated: p.truncated,
+                    });
+                }
+                doc.browser = Some(run.doc);
+            }
         }
         mask_random_headers(&mut doc);
         return doc;
@@ -283,6 +281,9 @@ async fn run_concurrent(
         let mut decisions = Vec::new();
         for e in chain_order(evs) {
             match e {
+                Event::Router(r) if r.status == 0 => {
+                    decisions.push(format!("router: {}", r.outcome))
+                }
                 Event::Router(r) => decisions.push(format!("router: {} {}", r.status, r.outcome)),
                 Event::ControlPlane(c) => {
                     decisions.push(format!(

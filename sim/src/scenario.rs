@@ -234,7 +234,7 @@ impl Scenario {
                 ));
             }
             if let Some(n) = st.concurrent
-                && (st.kind != StepKind::Http || n < 2 || n > 64)
+                && (st.kind != StepKind::Http || !(2..=64).contains(&n))
             {
                 return Err(format!(
                     "steps[{i}].concurrent: 2..=64 copies of an http step"

@@ -450,6 +450,25 @@ impl TraceStore {
     }
 }
 
+fn hop_rank(e: &Event) -> u8 {
+    match e {
+        Event::Edge(_) => 0,
+        Event::Worker(_) => 1,
+        Event::Router(_) => 2,
+        Event::ControlPlane(_) => 3,
+        Event::Provider(_) => 4,
+        Event::Machine(_) => 5,
+        Event::App(_) => 6,
+    }
+}
+
+/// Chain order: edge, worker, router, control plane, provider(s), machine, app; record order
+/// within a hop.
+pub fn chain_order(mut events: Vec<Event>) -> Vec<Event> {
+    events.sort_by_key(hop_rank);
+    events
+}
+
 /// Replaces ephemeral ports and other unstable values with stable tokens.
 #[derive(Debug, Default, Clone)]
 pub struct Redactor {
