@@ -321,7 +321,12 @@ async fn up(world: &Path, listen: Option<SocketAddr>, router: Option<Generation>
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let edge = w.addrs.edge;
     println!("edge: http://{edge}");
-    println!("world {:?} started in {:.1?}", w.spec().name, took);
+    println!(
+        "world {:?} (router {}) started in {:.1?}",
+        w.spec().name,
+        w.generation,
+        took
+    );
     for m in w.machines() {
         let apps: Vec<String> = m
             .apps

@@ -131,6 +131,15 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
                         p.root_domain
                     );
                 }
+                if let Some(c) = &r.canonical_host {
+                    let _ = writeln!(o, "  {:9} canonical host {c}", "");
+                }
+                if let Some(u) = &r.user {
+                    let _ = writeln!(o, "  {:9} user {u}", "");
+                }
+                if let Some(a) = &r.authorization {
+                    let _ = writeln!(o, "  {:9} {a}", "");
+                }
                 if let Some(m) = &r.machine {
                     let _ = writeln!(
                         o,
