@@ -25,8 +25,8 @@ use crate::control_plane::cookies;
 use crate::router::step::canonical::public_origin;
 use crate::runtime::World;
 use crate::scenario::Step;
-use crate::trace::chain_order;
 use crate::trace::{Event, TRACE_HEADER};
+use crate::trace::{chain_order, shown_headers};
 
 /// A browser's redirect limit.
 pub const MAX_NAVIGATIONS: usize = 20;
@@ -212,17 +212,7 @@ pub async fn run(world: &World, step: &Step) -> Result<BrowserRun, String> {
             .get(http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let headers: Vec<(String, String)> = resp
-            .headers()
-            .iter()
-            .filter(|(k, _)| *k != http::header::DATE && k.as_str() != TRACE_HEADER)
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = shown_headers(resp.headers());
         let (bytes, truncated) = match resp.bytes().await {
             Ok(b) => (b.to_vec(), false),
             Err(_) => (vec![], true),

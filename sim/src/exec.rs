@@ -99,6 +99,31 @@ pub struct CopyDoc {
 }
 
 impl StepDoc {
+    /// A step's document before it runs: its request and faults.
+    pub fn new(step: &Step) -> StepDoc {
+        StepDoc {
+            request: RequestDoc {
+                method: step.method.clone(),
+                url: step.url.clone(),
+                via: step
+                    .direct
+                    .as_ref()
+                    .map(|m| format!("direct {m}:8080"))
+                    .unwrap_or_else(|| "edge".into()),
+                headers: step.headers.clone(),
+                body: step.body.clone(),
+            },
+            faults: step.faults.clone(),
+            hops: vec![],
+            response: None,
+            websocket: None,
+            sse: None,
+            browser: None,
+            concurrent: vec![],
+            client_error: None,
+        }
+    }
+
     /// The trace as a redacted JSON value (ports → stable tokens).
     pub fn redacted(&self, world: &World) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
@@ -107,22 +132,7 @@ impl StepDoc {
     }
 }
 
-pub use crate::trace::chain_order;
-
-fn shown_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = h
-        .iter()
-        .filter(|(k, _)| *k != http::header::DATE && k.as_str() != TRACE_HEADER)
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
+pub use crate::trace::{chain_order, shown_headers};
 
 /// A body for display: JSON as JSON, short text as text, anything else as size + sha256.
 pub fn body_value(bytes: &[u8]) -> serde_json::Value {
@@ -149,27 +159,7 @@ pub fn body_value(bytes: &[u8]) -> serde_json::Value {
 
 /// Applies the step's faults, runs it, and collects the trace.
 pub async fn run_step(world: &World, step: &Step) -> StepDoc {
-    let mut doc = StepDoc {
-        request: RequestDoc {
-            method: step.method.clone(),
-            url: step.url.clone(),
-            via: step
-                .direct
-                .as_ref()
-                .map(|m| format!("direct {m}:8080"))
-                .unwrap_or_else(|| "edge".into()),
-            headers: step.headers.clone(),
-            body: step.body.clone(),
-        },
-        faults: step.faults.clone(),
-        hops: vec![],
-        response: None,
-        websocket: None,
-        sse: None,
-        browser: None,
-        concurrent: vec![],
-        client_error: None,
-    };
+    let mut doc = StepDoc::new(step);
     for f in &step.faults {
         if let Err(e) = world.apply_fault(f).await {
             doc.client_error = Some(format!("fault not applied: {e}"));
@@ -266,7 +256,7 @@ async fn run_concurrent(
         let mut headers = step.headers.clone();
         headers.push((TRACE_HEADER.to_string(), id.clone()));
         async move {
-            let mut d = doc_for(step);
+            let mut d = StepDoc::new(step);
             let _ =
                 tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
             (id, d)
@@ -320,26 +310,6 @@ async fn run_concurrent(
     doc.concurrent
         .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     doc
-}
-
-fn doc_for(step: &Step) -> StepDoc {
-    StepDoc {
-        request: RequestDoc {
-            method: step.method.clone(),
-            url: step.url.clone(),
-            via: "edge".into(),
-            headers: vec![],
-            body: None,
-        },
-        faults: vec![],
-        hops: vec![],
-        response: None,
-        websocket: None,
-        sse: None,
-        browser: None,
-        concurrent: vec![],
-        client_error: None,
-    }
 }
 
 /// Values that change on every run by design (the WebSocket handshake key is random).

@@ -469,6 +469,22 @@ pub fn chain_order(mut events: Vec<Event>) -> Vec<Event> {
     events
 }
 
+/// Response headers as a trace shows them: sorted, without `Date` and the correlation header.
+pub fn shown_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = h
+        .iter()
+        .filter(|(k, _)| *k != http::header::DATE && !is_hidden_header(k.as_str()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// Replaces ephemeral ports and other unstable values with stable tokens.
 #[derive(Debug, Default, Clone)]
 pub struct Redactor {

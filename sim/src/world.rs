@@ -357,7 +357,7 @@ apps = [{ port = 3000, kind = "echo" }, { port = 4096, kind = "sse", gated = tru
             .to_string();
         assert_eq!(
             e,
-            "w.toml:3:10: unknown router generation \"v9\": the known ones are v0"
+            "w.toml:3:10: unknown router generation \"v9\": the known ones are v0, v1, v2, v3"
         );
     }
 

@@ -3,9 +3,10 @@
 
 use serde_json::json;
 
+use super::resolve::record;
 use crate::model::{Code, MachineState, ParsedTarget, Refusal, Role, TargetKind};
 use crate::platform::{MachineRow, Platform, SessionRow};
-use crate::trace::{MachineRef, RouterEvent};
+use crate::trace::RouterEvent;
 
 /// States a machine target may be in (V1+).
 pub const ROUTABLE_STATES: [MachineState; 3] = [
@@ -30,16 +31,6 @@ fn access(platform: &Platform, session: &SessionRow, project: &str, ev: &mut Rou
         format!("{} is not a member of {org}", user.id)
     });
     member || user.role == Role::Admin
-}
-
-fn record(row: &MachineRow<'_>, ev: &mut RouterEvent) {
-    ev.machine = Some(MachineRef {
-        id: row.spec.id.clone(),
-        project: row.spec.project.clone(),
-        state: row.state.as_str().into(),
-        provider: row.spec.provider.as_str().into(),
-        external_id: row.spec.external_id.clone(),
-    });
 }
 
 /// Step (V1+): project → by slug with the user's membership (`404 project_not_found`,
