@@ -36,6 +36,9 @@ pub struct Args {
     /// Scenarios run at the same time.
     #[arg(long, default_value_t = 8)]
     pub jobs: usize,
+    /// Run only the scenarios that list this router generation in `generations`, under it.
+    #[arg(long, value_name = "GENERATION")]
+    pub router: Option<sim::model::Generation>,
     /// Use another fixtures tree (its `worlds/`, `scenarios/`, `snapshots/`); for the harness's
     /// own tests.
     #[arg(long, hide = true, value_name = "DIR")]
@@ -62,9 +65,18 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             return 2;
         }
     };
-    let unfiltered = args.filters.is_empty();
+    let unfiltered = args.filters.is_empty() && args.router.is_none();
     let all_found = all.clone();
-    let found = filter(all, &args.filters);
+    let mut found = filter(all, &args.filters);
+    if let Some(g) = args.router {
+        let before = found.len();
+        found.retain(|f| crate::generation(f) == Some(g));
+        println!(
+            "--router {g}: {} scenario runs list {g} ({} others do not)",
+            found.len(),
+            before - found.len()
+        );
+    }
     if args.list {
         // A closed pipe (`--list | head`) ends the listing quietly.
         let mut out = std::io::stdout().lock();

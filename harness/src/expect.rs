@@ -161,6 +161,37 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
             None => out.push("events: no SSE stream".into()),
         }
     }
+    let browser = doc.browser.as_ref();
+    if let Some(want) = &e.final_url {
+        let got = browser.map(|b| b.final_url.as_str());
+        if got != Some(want.as_str()) {
+            out.push(format!("final_url: expected {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(want) = e.navigations {
+        let got = browser.map(|b| b.navigations.len());
+        if got != Some(want) {
+            out.push(format!("navigations: expected {want}, got {got:?}"));
+        }
+    }
+    if let Some(want) = &e.user {
+        let got = browser.map(|b| b.final_user.clone().unwrap_or_else(|| "none".into()));
+        if got.as_deref() != Some(want.as_str()) {
+            out.push(format!("user: expected {want:?}, got {got:?}"));
+        }
+    }
+    if let Some(stopped) = browser.and_then(|b| b.stopped.as_ref())
+        && e.final_url.is_some()
+    {
+        out.push(format!("browser stopped: {stopped}"));
+    }
+    if !e.statuses.is_empty() {
+        let mut got: Vec<u16> = doc.concurrent.iter().map(|c| c.status).collect();
+        got.sort();
+        if got != e.statuses {
+            out.push(format!("statuses: expected {:?}, got {got:?}", e.statuses));
+        }
+    }
     out
 }
 

@@ -54,7 +54,8 @@ pub enum Backend {
     Docker,
 }
 
-/// A scenario found on disk: `id` is its path under `fixtures/scenarios` without `.toml`.
+/// A scenario found on disk: `id` is its path under `fixtures/scenarios` without `.toml`; a
+/// scenario that lists `generations` is found once per generation, as `<path>@<generation>`.
 #[derive(Debug, Clone)]
 pub struct Found {
     pub id: String,
@@ -78,7 +79,20 @@ pub fn discover(layout: &Layout) -> std::io::Result<Vec<Found>> {
                     .map(|c| c.as_os_str().to_string_lossy().into_owned())
                     .collect::<Vec<_>>()
                     .join("/");
-                out.push(Found { id, path: p });
+                // A scenario that does not load is found once; running it reports the error.
+                let generations = Scenario::load(&p)
+                    .map(|s| s.generations)
+                    .unwrap_or_default();
+                if generations.is_empty() {
+                    out.push(Found { id, path: p });
+                } else {
+                    for g in generations {
+                        out.push(Found {
+                            id: format!("{id}@{g}"),
+                            path: p.clone(),
+                        });
+                    }
+                }
             }
         }
     }
@@ -162,15 +176,27 @@ impl DockerEnv {
     }
 }
 
-/// Snapshot file stem for a step: `<file stem>-<NN>` (one-based).
+/// The router generation a found scenario runs under, when it lists `generations`.
+pub fn generation(found: &Found) -> Option<sim::model::Generation> {
+    let (_, g) = found.id.rsplit_once('@')?;
+    g.parse().ok()
+}
+
+/// Snapshot file stem for a step: `<file stem>-<NN>` (one-based), or `<file stem>-<generation>-<NN>`
+/// for a scenario run once per generation.
 pub fn snapshot_name(found: &Found, step: usize) -> String {
-    let stem = found.id.rsplit('/').next().unwrap_or(&found.id);
-    format!("{stem}-{:02}", step + 1)
+    let id = found.id.split('@').next().unwrap_or(&found.id);
+    let stem = id.rsplit('/').next().unwrap_or(id);
+    match generation(found) {
+        Some(g) => format!("{stem}-{g}-{:02}", step + 1),
+        None => format!("{stem}-{:02}", step + 1),
+    }
 }
 
 /// The snapshot directory for a scenario: its group folder under `fixtures/snapshots`.
 pub fn snapshot_dir(layout: &Layout, found: &Found) -> PathBuf {
-    match found.id.rsplit_once('/') {
+    let id = found.id.split('@').next().unwrap_or(&found.id);
+    match id.rsplit_once('/') {
         Some((group, _)) => layout.snapshots().join(group),
         None => layout.snapshots(),
     }
@@ -199,12 +225,15 @@ pub async fn run_scenario(
         let e = sim::fixture_file::FixtureError::invalid(&text, &found.path, &msg);
         return ScenarioRun::failed(found, e.to_string(), start.elapsed());
     }
-    let spec = match WorldSpec::load(&world_path) {
+    let mut spec = match WorldSpec::load(&world_path) {
         Ok(s) => s,
         Err(e) => return ScenarioRun::failed(found, e.to_string(), start.elapsed()),
     };
     if let Err(e) = scenario.check_against(&spec, &text, &found.path) {
         return ScenarioRun::failed(found, e.to_string(), start.elapsed());
+    }
+    if let Some(g) = generation(&found) {
+        spec.router = g;
     }
     let world = match docker {
         None => World::start(spec).await.map_err(|e| e.to_string()),

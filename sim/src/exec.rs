@@ -73,12 +73,57 @@ pub struct StepDoc {
     pub websocket: Option<WebSocketDoc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sse: Option<SseDoc>,
+    /// A browser step's navigations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub browser: Option<crate::browser::BrowserDoc>,
+    /// A `concurrent` step's copies, sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub concurrent: Vec<CopyDoc>,
     /// A failure of the step itself (connection error, hang), not of the chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_error: Option<String>,
 }
 
+/// One copy of a `concurrent` step: its answer and the decisions behind it (without trace ids,
+/// so that the sorted list is the same whichever copy won).
+#[derive(Debug, Clone, Serialize, PartialEq, PartialOrd)]
+pub struct CopyDoc {
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub set_cookie: Vec<String>,
+    pub body: String,
+    /// The control plane's decisions (and the router's outcome) for this copy.
+    pub decisions: Vec<String>,
+}
+
 impl StepDoc {
+    /// A step's document before it runs: its request and faults.
+    pub fn new(step: &Step) -> StepDoc {
+        StepDoc {
+            request: RequestDoc {
+                method: step.method.clone(),
+                url: step.url.clone(),
+                via: step
+                    .direct
+                    .as_ref()
+                    .map(|m| format!("direct {m}:8080"))
+                    .unwrap_or_else(|| "edge".into()),
+                headers: step.headers.clone(),
+                body: step.body.clone(),
+            },
+            faults: step.faults.clone(),
+            hops: vec![],
+            response: None,
+            websocket: None,
+            sse: None,
+            browser: None,
+            concurrent: vec![],
+            client_error: None,
+        }
+    }
+
     /// The trace as a redacted JSON value (ports → stable tokens).
     pub fn redacted(&self, world: &World) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
@@ -87,36 +132,7 @@ impl StepDoc {
     }
 }
 
-fn hop_rank(e: &Event) -> u8 {
-    match e {
-        Event::Edge(_) => 0,
-        Event::Router(_) => 1,
-        Event::Provider(_) => 2,
-        Event::Machine(_) => 3,
-        Event::App(_) => 4,
-    }
-}
-
-/// Chain order: edge, router, provider(s), machine, app; record order within a hop.
-pub fn chain_order(mut events: Vec<Event>) -> Vec<Event> {
-    events.sort_by_key(hop_rank);
-    events
-}
-
-fn shown_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
-    let mut v: Vec<(String, String)> = h
-        .iter()
-        .filter(|(k, _)| *k != http::header::DATE && k.as_str() != TRACE_HEADER)
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
+pub use crate::trace::{chain_order, shown_headers};
 
 /// A body for display: JSON as JSON, short text as text, anything else as size + sha256.
 pub fn body_value(bytes: &[u8]) -> serde_json::Value {
@@ -143,25 +159,7 @@ pub fn body_value(bytes: &[u8]) -> serde_json::Value {
 
 /// Applies the step's faults, runs it, and collects the trace.
 pub async fn run_step(world: &World, step: &Step) -> StepDoc {
-    let mut doc = StepDoc {
-        request: RequestDoc {
-            method: step.method.clone(),
-            url: step.url.clone(),
-            via: step
-                .direct
-                .as_ref()
-                .map(|m| format!("direct {m}:8080"))
-                .unwrap_or_else(|| "edge".into()),
-            headers: step.headers.clone(),
-            body: step.body.clone(),
-        },
-        faults: step.faults.clone(),
-        hops: vec![],
-        response: None,
-        websocket: None,
-        sse: None,
-        client_error: None,
-    };
+    let mut doc = StepDoc::new(step);
     for f in &step.faults {
         if let Err(e) = world.apply_fault(f).await {
             doc.client_error = Some(format!("fault not applied: {e}"));
@@ -178,6 +176,37 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
             }
         },
     };
+    if let Some(n) = step.concurrent {
+        doc.request.via = format!("edge, {n} copies at once");
+        return run_concurrent(world, addr, step, n, doc).await;
+    }
+    if step.kind == StepKind::Browser {
+        doc.request.via = "browser".into();
+        let run = crate::browser::run(world, step);
+        match tokio::time::timeout(STEP_TIMEOUT * 3, run).await {
+            Err(_) => {
+                doc.client_error = Some(format!(
+                    "browser step did not finish within {}s",
+                    STEP_TIMEOUT.as_secs() * 3
+                ));
+            }
+            Ok(Err(e)) => doc.client_error = Some(e),
+            Ok(Ok(run)) => {
+                if let Some(p) = run.final_page {
+                    doc.response = Some(ResponseDoc {
+                        status: p.status,
+                        headers: p.headers,
+                        body: body_value(&p.body),
+                        body_bytes: p.body.len() as u64,
+                        truncated: p.truncated,
+                    });
+                }
+                doc.browser = Some(run.doc);
+            }
+        }
+        mask_random_headers(&mut doc);
+        return doc;
+    }
     let id = world.trace().next_id();
     let mut headers = step.headers.clone();
     headers.push((TRACE_HEADER.to_string(), id.clone()));
@@ -186,6 +215,8 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
             StepKind::Http => run_http(addr, step, &headers, &mut doc).await,
             StepKind::Sse => run_sse(world, addr, step, &headers, &mut doc).await,
             StepKind::Websocket => run_ws(addr, step, &headers, &mut doc).await,
+            // Handled above.
+            StepKind::Browser => {}
         }
     };
     if tokio::time::timeout(STEP_TIMEOUT, run).await.is_err() {
@@ -212,11 +243,85 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
     doc
 }
 
+/// Sends `n` copies of an http step at once; each copy's answer and decisions, sorted.
+async fn run_concurrent(
+    world: &World,
+    addr: std::net::SocketAddr,
+    step: &Step,
+    n: usize,
+    mut doc: StepDoc,
+) -> StepDoc {
+    let copies = (0..n).map(|_| {
+        let id = world.trace().next_id();
+        let mut headers = step.headers.clone();
+        headers.push((TRACE_HEADER.to_string(), id.clone()));
+        async move {
+            let mut d = StepDoc::new(step);
+            let _ =
+                tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
+            (id, d)
+        }
+    });
+    let done = futures_util::future::join_all(copies).await;
+    for (id, d) in done {
+        let evs = world
+            .trace()
+            .wait_finished(&id, REPLY_TIMEOUT, |_| true)
+            .await;
+        let mut decisions = Vec::new();
+        for e in chain_order(evs) {
+            match e {
+                Event::Router(r) if r.status == 0 => {
+                    decisions.push(format!("router: {}", r.outcome))
+                }
+                Event::Router(r) => decisions.push(format!("router: {} {}", r.status, r.outcome)),
+                Event::ControlPlane(c) => {
+                    decisions.push(format!(
+                        "control plane [{}]: {} {}",
+                        c.route, c.status, c.outcome
+                    ));
+                    decisions.extend(c.decisions);
+                }
+                _ => {}
+            }
+        }
+        let Some(r) = d.response else {
+            doc.client_error = d.client_error;
+            continue;
+        };
+        let header = |name: &str| -> Vec<String> {
+            r.headers
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .collect()
+        };
+        doc.concurrent.push(CopyDoc {
+            status: r.status,
+            location: header("location").into_iter().next(),
+            set_cookie: header("set-cookie"),
+            body: match &r.body {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+            decisions,
+        });
+    }
+    doc.concurrent
+        .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    doc
+}
+
 /// Values that change on every run by design (the WebSocket handshake key is random).
 const RANDOM_HEADERS: [&str; 1] = ["sec-websocket-key"];
 
 fn mask_random_headers(doc: &mut StepDoc) {
-    for h in doc.hops.iter_mut() {
+    let navs = doc
+        .browser
+        .iter_mut()
+        .flat_map(|b| b.navigations.iter_mut())
+        .flat_map(|n| n.hops.iter_mut());
+    for h in doc.hops.iter_mut().chain(navs) {
         if let Event::App(a) = h {
             for (k, v) in a.headers.iter_mut() {
                 if RANDOM_HEADERS.contains(&k.as_str()) {

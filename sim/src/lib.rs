@@ -6,7 +6,9 @@
 //! it received and decided in the [`trace`].
 
 pub mod apps;
+pub mod browser;
 pub mod client;
+pub mod control_plane;
 pub mod edge;
 pub mod exec;
 pub mod fixture_file;
@@ -22,6 +24,7 @@ pub mod runtime;
 pub mod scenario;
 pub mod standalone;
 pub mod trace;
+pub mod worker;
 pub mod world;
 
 pub use model::Fault;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use sim::exec::run_step;
+use sim::model::Generation;
 use sim::render::{Style, render};
 use sim::scenario::{Expect, Scenario, Step, StepKind};
 use sim::{Fault, World, WorldSpec};
@@ -67,6 +68,9 @@ enum Cmd {
         /// Address for the edge (default: an ephemeral port on 127.0.0.1).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Run the OS router under this generation instead of the world's (v0, v1, v2, v3).
+        #[arg(long, value_name = "GENERATION")]
+        router: Option<Generation>,
     },
     /// Send one request through a fresh world and print what every hop saw and decided.
     Trace {
@@ -78,6 +82,21 @@ enum Cmd {
         /// Print the trace as JSON (redacted, as in snapshots).
         #[arg(long)]
         json: bool,
+        /// Run the OS router under this generation instead of the world's (v0, v1, v2, v3).
+        #[arg(long, value_name = "GENERATION")]
+        router: Option<Generation>,
+    },
+    /// Send one request under every router generation (a fresh world each) and print one row
+    /// per generation: status, error code, redirect location, target header, the app reached.
+    Diff {
+        /// A world: a name (fixtures/worlds/<name>.toml) or the path of a world file.
+        #[arg(long, value_name = "NAME|PATH")]
+        world: String,
+        #[command(flatten)]
+        req: RequestArgs,
+        /// Send the request with a fresh session of this user (the session cookie).
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
     },
     /// Run one machine on its own (a container's entrypoint): its apps on their real ports, the
     /// shipped proxy binary on :8080, and every app hop event printed as a JSON line on stdout.
@@ -225,17 +244,26 @@ fn build_step(r: &RequestArgs) -> Result<Step> {
         send: r.ws_send.clone(),
         close_code: None,
         release: None,
+        concurrent: None,
+        as_user: None,
+        login: None,
+        max_navigations: None,
         expect: Expect::default(),
     })
 }
 
-async fn start(world: &Path, listen: Option<SocketAddr>) -> Result<(World, std::time::Duration)> {
+async fn start(
+    world: &Path,
+    listen: Option<SocketAddr>,
+    router: Option<Generation>,
+) -> Result<(World, std::time::Duration)> {
     let spec = WorldSpec::load(world)?;
     let t = Instant::now();
     let w = World::start_opts(
         spec,
         sim::runtime::WorldOptions {
             edge_listen: listen,
+            router,
             ..Default::default()
         },
     )
@@ -247,12 +275,14 @@ async fn trace(
     world: &Path,
     req: &RequestArgs,
     json: bool,
+    router: Option<Generation>,
 ) -> Result<(sim::exec::StepDoc, String)> {
     let step = build_step(req)?;
     // The machines --direct and --fault name are checked before the world starts.
     let check = Scenario {
         description: String::new(),
         world: String::new(),
+        generations: Vec::new(),
         steps: vec![step.clone()],
     };
     if let Err(e) = check.check_against(&WorldSpec::load(world)?, "", world) {
@@ -267,7 +297,7 @@ async fn trace(
                 .map_or(why.clone(), |r| format!("fault{r}"))
         );
     }
-    let (w, _) = start(world, None).await?;
+    let (w, _) = start(world, None, router).await?;
     let doc = run_step(&w, &step).await;
     let text = if json {
         serde_json::to_string_pretty(&doc.redacted(&w))?
@@ -280,18 +310,110 @@ async fn trace(
     Ok((doc, text))
 }
 
-async fn up(world: &Path, world_arg: &str, listen: Option<SocketAddr>) -> Result<()> {
+/// `ingress-sim diff`: the request under every generation, one row each.
+async fn diff(world: &Path, req: &RequestArgs, as_user: Option<&str>) -> Result<String> {
+    let step = build_step(req)?;
+    let mut rows = vec![[
+        "generation".to_string(),
+        "status".into(),
+        "error".into(),
+        "location".into(),
+        "target header".into(),
+        "app".into(),
+    ]];
+    for g in Generation::KNOWN {
+        let (w, _) = start(world, None, Some(g)).await?;
+        let mut step = step.clone();
+        if let Some(user) = as_user {
+            let Some(s) = w.platform().create_session(user) else {
+                bail!("--as: no user {user:?} in {}", world.display());
+            };
+            let public = sim::router::step::canonical::public_origin(w.spec().env.public_url())
+                .map_err(anyhow::Error::msg)?;
+            let name = sim::control_plane::cookies::name(&public);
+            step.headers
+                .push(("cookie".into(), format!("{name}={}", s.token)));
+        }
+        let doc = run_step(&w, &step).await;
+        rows.push(diff_row(g, &doc));
+        w.shutdown().await;
+    }
+    Ok(table(&rows))
+}
+
+fn diff_row(g: Generation, doc: &sim::exec::StepDoc) -> [String; 6] {
+    let dash = || "-".to_string();
+    let resp = doc.response.as_ref();
+    let header = |n: &str| {
+        resp.and_then(|r| r.headers.iter().find(|(k, _)| k == n))
+            .map(|(_, v)| v.clone())
+    };
+    let target = doc.hops.iter().find_map(|h| match h {
+        sim::Event::Router(r) => r.target_header.clone(),
+        _ => None,
+    });
+    let app = doc.hops.iter().find_map(|h| match h {
+        sim::Event::App(a) => Some(format!("{}:{}", a.machine, a.port)),
+        sim::Event::ControlPlane(c) => Some(format!("control plane ({})", c.route)),
+        _ => None,
+    });
+    [
+        g.to_string(),
+        resp.map(|r| r.status.to_string())
+            .or_else(|| doc.client_error.clone())
+            .unwrap_or_else(dash),
+        resp.and_then(|r| r.body.get("error"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(dash),
+        header("location").unwrap_or_else(dash),
+        target.unwrap_or_else(dash),
+        app.unwrap_or_else(dash),
+    ]
+}
+
+fn table(rows: &[[String; 6]]) -> String {
+    let mut widths = [0usize; 6];
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+async fn up(
+    world: &Path,
+    world_arg: &str,
+    listen: Option<SocketAddr>,
+    router: Option<Generation>,
+) -> Result<()> {
     // Handlers first: a Ctrl-C sent as soon as the edge line appears must not be lost.
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let (w, took) = start(world, listen).await?;
+    let (w, took) = start(world, listen, router).await?;
     w.trace()
         .log_events
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let edge = w.addrs.edge;
     println!("edge: http://{edge}");
-    println!("world {:?} started in {:.1?}", w.spec().name, took);
+    println!(
+        "world {:?} (router {}) started in {:.1?}",
+        w.spec().name,
+        w.generation,
+        took
+    );
     for m in w.machines() {
         let apps: Vec<String> = m
             .apps
@@ -429,6 +551,7 @@ fn scenario_new(
             )
         }),
         world: world_ref,
+        generations: vec![],
         steps: vec![step],
     };
     let text = scenario.to_toml()?;
@@ -493,23 +616,30 @@ fn main() -> ExitCode {
     };
     let res: Result<()> = rt.block_on(async {
         match cli.cmd {
-            Cmd::Up { world, listen } => up(&world_file(&world)?, &world, listen).await,
+            Cmd::Up { world, listen, router } => {
+                up(&world_file(&world)?, &world, listen, router).await
+            }
             Cmd::Machine { spec_json, proxy, listen, control } => {
                 machine(&spec_json, &proxy, listen, control).await
             }
-            Cmd::Trace { world, req, json } => {
-                let (_, text) = trace(&world_file(&world)?, &req, json).await?;
+            Cmd::Trace { world, req, json, router } => {
+                let (_, text) = trace(&world_file(&world)?, &req, json, router).await?;
                 print!("{text}");
                 if json {
                     println!();
                 }
                 Ok(())
             }
+            Cmd::Diff { world, req, as_user } => {
+                let redacted = diff(&world_file(&world)?, &req, as_user.as_deref()).await?;
+                print!("{redacted}");
+                Ok(())
+            }
             Cmd::Scenario {
                 cmd: ScenarioCmd::New { name, world, req, description, dir, force },
             } => {
                 let world = world_file(&world)?;
-                let (doc, text) = trace(&world, &req, false).await?;
+                let (doc, text) = trace(&world, &req, false, None).await?;
                 print!("{text}");
                 let path = scenario_new(&name, &world, &req, description, &dir, force, &doc)?;
                 println!("wrote {}", path.display());

@@ -131,6 +131,15 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
                         p.root_domain
                     );
                 }
+                if let Some(c) = &r.canonical_host {
+                    let _ = writeln!(o, "  {:9} canonical host {c}", "");
+                }
+                if let Some(u) = &r.user {
+                    let _ = writeln!(o, "  {:9} user {u}", "");
+                }
+                if let Some(a) = &r.authorization {
+                    let _ = writeln!(o, "  {:9} {a}", "");
+                }
                 if let Some(m) = &r.machine {
                     let _ = writeln!(
                         o,
@@ -178,6 +187,43 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
                     .map(|e| format!(" ({e})"))
                     .unwrap_or_default();
                 let _ = writeln!(o, "  {:9} {outcome}{err}", "");
+            }
+            Event::Worker(w) => {
+                let _ = writeln!(
+                    o,
+                    "  {} host {} (from {}), session {}; {} → {}",
+                    style.hop("worker"),
+                    w.host,
+                    w.host_source,
+                    w.session,
+                    w.ingress,
+                    w.handled_by
+                );
+            }
+            Event::ControlPlane(c) => {
+                let _ = writeln!(
+                    o,
+                    "  {} {} {}{} [{}] user {}",
+                    style.hop("control"),
+                    c.method,
+                    c.host,
+                    c.path,
+                    c.route,
+                    c.user
+                );
+                for d in &c.decisions {
+                    let _ = writeln!(o, "  {:9} {d}", "");
+                }
+                for k in &c.cookies_set {
+                    let _ = writeln!(o, "  {:9} set-cookie {k}", "");
+                }
+                let outcome = format!("{} {}", c.status, c.outcome);
+                let outcome = if c.status >= 400 {
+                    style.bad(&outcome)
+                } else {
+                    outcome
+                };
+                let _ = writeln!(o, "  {:9} {outcome}", "");
             }
             Event::Provider(p) => {
                 let st = p.status.map(|s| format!(" [{s}]")).unwrap_or_default();

@@ -9,20 +9,23 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::control_plane::ControlPlaneCtx;
 use crate::edge::EdgeCtx;
 use crate::machine::{Machine, RemoteMachine};
-use crate::model::{Fault, FaultError, FaultOwner, ProviderKind};
+use crate::model::{Fault, FaultError, FaultOwner, Generation, ProviderKind};
 use crate::net::{Handler, SimNetwork, bind_local, serve_http};
-use crate::platform::Platform;
+use crate::platform::{Accounts, Platform};
 use crate::providers::Endpoint;
 use crate::providers::daytona::{DAYTONA_PROXY_DOMAIN, DaytonaProxy};
 use crate::providers::docker::{DockerEngine, ENGINE_HOST, EngineEndpoint, EngineRelay};
 use crate::providers::fly::{FLY_BASE_DOMAIN, FlyEdge};
 use crate::route_pattern::RoutePattern;
 use crate::router::RouterCtx;
+use crate::router::step::canonical::{normalize_host, public_origin};
 use crate::router::step::matchers::parse_matchers;
 use crate::router::step::transport::Transport;
 use crate::trace::{Redactor, TraceStore};
+use crate::worker::WorkerCtx;
 use crate::world::WorldSpec;
 
 /// Addresses of the world's hops.
@@ -44,6 +47,8 @@ pub enum StartError {
         #[source]
         source: crate::route_pattern::PatternError,
     },
+    #[error("world {world:?}: {message}")]
+    Env { world: String, message: String },
     #[error("world {world:?}: cannot bind a loopback port: {source}")]
     Bind {
         world: String,
@@ -65,12 +70,16 @@ pub struct WorldOptions {
     pub engine_relay: Option<EngineRelay>,
     /// The trace store (remote machines record into it, so it exists before the world).
     pub trace: Option<Arc<TraceStore>>,
+    /// Run the OS router under this generation instead of the world's (`--router`).
+    pub router: Option<Generation>,
 }
 
 /// A running world. Only the runtime builds the hops' contexts and wires them to their
 /// listeners; each hop reads nothing but its own context.
 pub struct World {
     pub addrs: Addrs,
+    /// The generation the OS router runs (the world's, or the run's override).
+    pub generation: Generation,
     spec: WorldSpec,
     trace: Arc<TraceStore>,
     platform: Arc<Platform>,
@@ -107,7 +116,9 @@ impl World {
             mut remotes,
             engine_relay,
             trace,
+            router: router_override,
         } = opts;
+        let generation = router_override.unwrap_or(spec.router);
         let engine = engine.unwrap_or(EngineEndpoint::Sim);
         let world = spec.name.clone();
         let routes = RoutePattern::parse_list(&spec.env.os_worker_routes).map_err(|source| {
@@ -154,7 +165,23 @@ impl World {
         net.add_exact(ENGINE_HOST, docker_engine);
         net.add_suffix(FLY_BASE_DOMAIN, fly_edge);
         net.add_suffix(DAYTONA_PROXY_DOMAIN, daytona_proxy);
-        let platform = Arc::new(Platform::new(spec.projects.clone(), spec.machines.clone()));
+        let accounts = Accounts {
+            users: spec.users.clone(),
+            organizations: spec.organizations.clone(),
+            memberships: spec.memberships.clone(),
+            sessions: spec.sessions.clone(),
+        };
+        let platform = Arc::new(Platform::with_accounts(
+            spec.projects.clone(),
+            spec.machines.clone(),
+            accounts,
+        ));
+        let public = public_origin(spec.env.public_url()).map_err(|message| StartError::Env {
+            world: world.clone(),
+            message: format!("VITE_PUBLIC_URL: {message}"),
+        })?;
+        let matchers = parse_matchers(&spec.env.host_matchers);
+        let ingress_domain = spec.env.ingress_domain.as_deref().and_then(normalize_host);
         let endpoint = |kind, addr| Endpoint::new(kind, addr, net.clone(), trace.clone());
         let docker = Arc::new(DockerEngine::new(
             endpoint(ProviderKind::Docker, docker_engine),
@@ -179,14 +206,34 @@ impl World {
             trace: trace.clone(),
         });
         let router_ctx = Arc::new(RouterCtx {
-            generation: spec.router,
-            matchers: parse_matchers(&spec.env.host_matchers),
+            generation,
+            matchers: matchers.clone(),
+            canonical_host: spec.env.canonical_host.clone(),
+            ingress_domain: ingress_domain.clone(),
+            public: public.clone(),
             platform: platform.clone(),
             transport: Transport {
                 net: net.clone(),
                 engine,
                 trace: trace.clone(),
             },
+            trace: trace.clone(),
+        });
+        let control_plane = crate::control_plane::app(Arc::new(ControlPlaneCtx {
+            generation,
+            public: public.clone(),
+            platform: platform.clone(),
+            matchers,
+            canonical_host: spec.env.canonical_host.clone(),
+            ingress_domain,
+            auth: spec.auth.clone(),
+            trace: trace.clone(),
+        }));
+        let worker_ctx = Arc::new(WorkerCtx {
+            router: router_ctx,
+            control_plane,
+            platform: platform.clone(),
+            public,
             trace: trace.clone(),
         });
         let mut stops = Vec::new();
@@ -202,7 +249,7 @@ impl World {
         start(
             l_router,
             Arc::new(move |req, peer| {
-                Box::pin(crate::router::handle(router_ctx.clone(), req, peer))
+                Box::pin(crate::worker::handle(worker_ctx.clone(), req, peer))
             }),
         );
         let c = docker.clone();
@@ -232,6 +279,7 @@ impl World {
         );
         let w = World {
             addrs,
+            generation,
             spec,
             trace,
             platform,
@@ -248,6 +296,11 @@ impl World {
             }
         }
         Ok(w)
+    }
+
+    /// The platform's records (a browser step signs its user in through them).
+    pub fn platform(&self) -> &Arc<Platform> {
+        &self.platform
     }
 
     pub fn spec(&self) -> &WorldSpec {
@@ -281,6 +334,7 @@ impl World {
             FaultOwner::Provider(kind, fault) => self.endpoint(kind).apply(fault),
             FaultOwner::DockerEngine { machine, fault } => self.docker.apply(machine, fault),
             FaultOwner::Platform { machine, state } => self.platform.set_state(machine, state)?,
+            FaultOwner::Clock { advance_s } => self.platform.advance_clock(advance_s),
             FaultOwner::Machine { machine: id, fault } => machine(id)?.apply(f, fault).await?,
         }
         Ok(())

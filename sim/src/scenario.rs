@@ -31,6 +31,8 @@ pub enum StepKind {
     Http,
     Websocket,
     Sse,
+    /// A user's browser: navigations with a cookie jar, following redirects (`crate::browser`).
+    Browser,
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -79,6 +81,18 @@ pub struct Expect {
     /// SSE: number of events expected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<usize>,
+    /// Browser: the URL of the final page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_url: Option<String>,
+    /// Browser: how many requests it made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub navigations: Option<usize>,
+    /// Browser: the user the final page was served for (`none` for no session).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `concurrent`: the copies' statuses, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub statuses: Vec<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +123,19 @@ pub struct Step {
     /// SSE: `machine:port` of a gated SSE app to release after the first event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
+    /// HTTP: send this many identical copies at once (at least 2); the document lists each copy's
+    /// answer, sorted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrent: Option<usize>,
+    /// Browser: start signed in as this user at the control plane.
+    #[serde(rename = "as", default, skip_serializing_if = "Option::is_none")]
+    pub as_user: Option<String>,
+    /// Browser: fill in the control plane's sign-in form as this user when it shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
+    /// Browser: at most this many requests (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_navigations: Option<usize>,
     #[serde(default, skip_serializing_if = "is_default")]
     pub expect: Expect,
 }
@@ -126,6 +153,10 @@ pub struct Scenario {
     pub description: String,
     /// A world name (`fixtures/worlds/<name>.toml`) or a path relative to the scenario file.
     pub world: String,
+    /// Run the scenario once per router generation listed, each with its own snapshots
+    /// (`<name>-<generation>-NN.snap`); empty: once, under the world's generation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generations: Vec<crate::model::Generation>,
     pub steps: Vec<Step>,
 }
 
@@ -183,6 +214,31 @@ impl Scenario {
                     }
                 }
                 StepKind::Sse => {}
+                StepKind::Browser => {
+                    if st.direct.is_some() || !st.send.is_empty() {
+                        return Err(format!(
+                            "steps[{i}]: a browser step goes through the edge and sends no messages"
+                        ));
+                    }
+                }
+            }
+            let browser_only = st.as_user.is_some()
+                || st.login.is_some()
+                || st.max_navigations.is_some()
+                || st.expect.final_url.is_some()
+                || st.expect.navigations.is_some()
+                || st.expect.user.is_some();
+            if browser_only && st.kind != StepKind::Browser {
+                return Err(format!(
+                    "steps[{i}]: `as`, `login`, `max_navigations` and `expect.final_url|navigations|user` need kind = \"browser\""
+                ));
+            }
+            if let Some(n) = st.concurrent
+                && (st.kind != StepKind::Http || !(2..=64).contains(&n))
+            {
+                return Err(format!(
+                    "steps[{i}].concurrent: 2..=64 copies of an http step"
+                ));
             }
             if st.release.is_some() && st.kind != StepKind::Sse {
                 return Err(format!("steps[{i}].release: only for kind = \"sse\""));

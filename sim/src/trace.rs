@@ -82,6 +82,15 @@ pub struct RouterEvent {
     pub matched: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parsed: Option<ParsedTarget>,
+    /// V2+: the target's canonical hostname.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canonical_host: Option<String>,
+    /// V1+: the session's user as the router saw it (`none` without a session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// V1+: the membership check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachineRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +123,9 @@ impl RouterEvent {
             host_source: String::new(),
             matched: None,
             parsed: None,
+            canonical_host: None,
+            user: None,
+            authorization: None,
             machine: None,
             provider_url: None,
             target_header: None,
@@ -124,6 +136,60 @@ impl RouterEvent {
             status: 0,
             response_header_notes: vec![],
             error: None,
+        }
+    }
+}
+
+/// The OS worker's middleware (V1+): the host it routes on, the session it found, and who
+/// handles the request.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct WorkerEvent {
+    pub host: String,
+    pub host_source: String,
+    /// `alice (session sess-0001)`, `none`, or why a cookie named no session.
+    pub session: String,
+    /// Why the ingress router does or does not take the request (`shouldHandle…`).
+    pub ingress: String,
+    /// `ingress router`, `control plane`, or `ingress router, then control plane` (it fell
+    /// through).
+    pub handled_by: String,
+}
+
+/// The control plane (the OS worker's own routes and app): what it decided.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ControlPlaneEvent {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    /// The route that answered (`bridge-start (W5)`, `exchange-token`, `login`, `app`…).
+    pub route: String,
+    /// `alice`, or `none`.
+    pub user: String,
+    /// What it checked and did, in order (tokens issued and consumed, statements run…).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<String>,
+    /// Cookies set: `name (value) domain path flags`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cookies_set: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<String>,
+    pub outcome: String,
+    pub status: u16,
+}
+
+impl ControlPlaneEvent {
+    pub fn new(method: &str, host: &str, path: &str, route: &str, user: &str) -> Self {
+        ControlPlaneEvent {
+            method: method.into(),
+            host: host.into(),
+            path: path.into(),
+            route: route.into(),
+            user: user.into(),
+            decisions: vec![],
+            cookies_set: vec![],
+            redirect: None,
+            outcome: String::new(),
+            status: 0,
         }
     }
 }
@@ -197,7 +263,9 @@ impl From<RemoteEvent> for Event {
 #[serde(tag = "hop", rename_all = "snake_case")]
 pub enum Event {
     Edge(EdgeEvent),
+    Worker(WorkerEvent),
     Router(Box<RouterEvent>),
+    ControlPlane(Box<ControlPlaneEvent>),
     Provider(ProviderEvent),
     Machine(MachineEvent),
     App(AppEvent),
@@ -207,7 +275,9 @@ impl Event {
     pub fn hop(&self) -> &'static str {
         match self {
             Event::Edge(_) => "edge",
+            Event::Worker(_) => "worker",
             Event::Router(_) => "router",
+            Event::ControlPlane(_) => "control_plane",
             Event::Provider(_) => "provider",
             Event::Machine(_) => "machine",
             Event::App(_) => "app",
@@ -240,6 +310,14 @@ impl Event {
                 r.target_header.as_deref().unwrap_or("-"),
                 r.status,
                 r.outcome
+            ),
+            Event::Worker(w) => format!(
+                "host={} ({}) session={} → {}",
+                w.host, w.host_source, w.session, w.handled_by
+            ),
+            Event::ControlPlane(c) => format!(
+                "{} {}{} [{}] user={} → {} {}",
+                c.method, c.host, c.path, c.route, c.user, c.status, c.outcome
             ),
             Event::Provider(p) => format!("{} {} → {}", p.provider, p.request, p.decision),
             Event::Machine(m) => format!(
@@ -370,6 +448,41 @@ impl TraceStore {
     ) -> Vec<Event> {
         self.wait_until(id, deadline, |_, evs| cond(evs)).await
     }
+}
+
+fn hop_rank(e: &Event) -> u8 {
+    match e {
+        Event::Edge(_) => 0,
+        Event::Worker(_) => 1,
+        Event::Router(_) => 2,
+        Event::ControlPlane(_) => 3,
+        Event::Provider(_) => 4,
+        Event::Machine(_) => 5,
+        Event::App(_) => 6,
+    }
+}
+
+/// Chain order: edge, worker, router, control plane, provider(s), machine, app; record order
+/// within a hop.
+pub fn chain_order(mut events: Vec<Event>) -> Vec<Event> {
+    events.sort_by_key(hop_rank);
+    events
+}
+
+/// Response headers as a trace shows them: sorted, without `Date` and the correlation header.
+pub fn shown_headers(h: &http::HeaderMap) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = h
+        .iter()
+        .filter(|(k, _)| *k != http::header::DATE && !is_hidden_header(k.as_str()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// Replaces ephemeral ports and other unstable values with stable tokens.

@@ -7,7 +7,13 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Fault, Generation, MachineSpec, ProjectSpec};
+use crate::model::{
+    AuthSpec, Fault, Generation, MachineSpec, MembershipSpec, OrganizationSpec, ProjectSpec,
+    SessionSpec, UserSpec,
+};
+
+/// The control plane's origin when a world does not say (production's).
+pub const DEFAULT_PUBLIC_URL: &str = "https://os.iterate.com";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -15,9 +21,37 @@ pub struct EnvSpec {
     /// `OS_WORKER_ROUTES`, comma-separated Cloudflare route patterns.
     #[serde(rename = "OS_WORKER_ROUTES")]
     pub os_worker_routes: String,
-    /// `PROJECT_INGRESS_PROXY_HOST_MATCHERS`, comma-separated minimatch globs.
-    #[serde(rename = "PROJECT_INGRESS_PROXY_HOST_MATCHERS")]
+    /// `PROJECT_INGRESS_PROXY_HOST_MATCHERS`, comma-separated minimatch globs (V0–V2).
+    #[serde(rename = "PROJECT_INGRESS_PROXY_HOST_MATCHERS", default)]
     pub host_matchers: String,
+    /// `PROJECT_INGRESS_PROXY_CANONICAL_HOST`, a bare hostname (V2). Checked when V2 reads it.
+    #[serde(
+        rename = "PROJECT_INGRESS_PROXY_CANONICAL_HOST",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub canonical_host: Option<String>,
+    /// `PROJECT_INGRESS_DOMAIN`, a bare hostname (V3+). Checked at load, as the deploy does.
+    #[serde(
+        rename = "PROJECT_INGRESS_DOMAIN",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ingress_domain: Option<String>,
+    /// `VITE_PUBLIC_URL`, the control plane's origin (default [`DEFAULT_PUBLIC_URL`]).
+    #[serde(
+        rename = "VITE_PUBLIC_URL",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub public_url: Option<String>,
+}
+
+impl EnvSpec {
+    /// `VITE_PUBLIC_URL`, or production's.
+    pub fn public_url(&self) -> &str {
+        self.public_url.as_deref().unwrap_or(DEFAULT_PUBLIC_URL)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +64,15 @@ pub struct WorldSpec {
     pub router: Generation,
     pub env: EnvSpec,
     #[serde(default)]
+    pub users: Vec<UserSpec>,
+    #[serde(default)]
+    pub organizations: Vec<OrganizationSpec>,
+    #[serde(default)]
+    pub memberships: Vec<MembershipSpec>,
+    /// Sessions that exist from the start (their token is the session cookie's value).
+    #[serde(default)]
+    pub sessions: Vec<SessionSpec>,
+    #[serde(default)]
     pub projects: Vec<ProjectSpec>,
     #[serde(default)]
     pub machines: Vec<MachineSpec>,
@@ -38,6 +81,8 @@ pub struct WorldSpec {
     pub faults: Vec<Fault>,
     #[serde(default)]
     pub edge: EdgeSpec,
+    #[serde(default)]
+    pub auth: AuthSpec,
 }
 
 /// The edge's own settings.
@@ -79,6 +124,55 @@ impl WorldSpec {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(d) = &self.env.ingress_domain
+            && crate::router::step::canonical::normalize_host(d).is_none()
+        {
+            return Err(format!(
+                "env.PROJECT_INGRESS_DOMAIN: {d:?}: PROJECT_INGRESS_DOMAIN is required and must be a hostname (no wildcard, scheme, port, or path)."
+            ));
+        }
+        if self.env.ingress_domain.is_none() && self.router >= Generation::V3 {
+            return Err(format!(
+                "env.PROJECT_INGRESS_DOMAIN: PROJECT_INGRESS_DOMAIN is required and must be a hostname (no wildcard, scheme, port, or path). (router = \"{}\")",
+                self.router
+            ));
+        }
+        if let Some(u) = &self.env.public_url {
+            crate::router::step::canonical::public_origin(u)
+                .map_err(|e| format!("env.VITE_PUBLIC_URL: {e}"))?;
+        }
+        let mut users = BTreeMap::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if users.insert(u.id.as_str(), i).is_some() {
+                return Err(format!("users[{i}].id: duplicate user {:?}", u.id));
+            }
+        }
+        let orgs: Vec<&str> = self.organizations.iter().map(|o| o.id.as_str()).collect();
+        for (i, m) in self.memberships.iter().enumerate() {
+            if !users.contains_key(m.user.as_str()) {
+                return Err(format!("memberships[{i}].user: unknown user {:?}", m.user));
+            }
+            if !orgs.contains(&m.organization.as_str()) {
+                return Err(format!(
+                    "memberships[{i}].organization: unknown organization {:?}",
+                    m.organization
+                ));
+            }
+        }
+        for (i, s) in self.sessions.iter().enumerate() {
+            if !users.contains_key(s.user.as_str()) {
+                return Err(format!("sessions[{i}].user: unknown user {:?}", s.user));
+            }
+        }
+        for (i, p) in self.projects.iter().enumerate() {
+            if let Some(o) = &p.organization
+                && !orgs.contains(&o.as_str())
+            {
+                return Err(format!(
+                    "projects[{i}].organization: unknown organization {o:?}"
+                ));
+            }
+        }
         let mut projects = BTreeMap::new();
         for (i, p) in self.projects.iter().enumerate() {
             if p.slug.is_empty() {
@@ -263,7 +357,7 @@ apps = [{ port = 3000, kind = "echo" }, { port = 4096, kind = "sse", gated = tru
             .to_string();
         assert_eq!(
             e,
-            "w.toml:3:10: unknown router generation \"v9\": the known ones are v0"
+            "w.toml:3:10: unknown router generation \"v9\": the known ones are v0, v1, v2, v3"
         );
     }
 

@@ -1,5 +1,5 @@
 //! The simulator's module graph, read from its sources (every `crate::…` path outside comments):
-//! the hops (edge, router, providers, machine, apps) never reach the runtime, which alone builds
+//! the hops (edge, worker, router, control plane, providers, machine, apps) never reach the runtime, which alone builds
 //! their contexts; the leaf `model` reaches nothing else in the crate; the top-level modules form
 //! no cycle. `cargo test -p ingress-sim --test module_graph -- --nocapture` prints the graph.
 
@@ -150,7 +150,16 @@ fn within(m: &str, group: &str) -> bool {
 #[test]
 fn hops_never_reach_the_runtime() {
     let g = graph();
-    let hops = ["edge", "router", "providers", "machine", "apps", "platform"];
+    let hops = [
+        "edge",
+        "worker",
+        "router",
+        "control_plane",
+        "providers",
+        "machine",
+        "apps",
+        "platform",
+    ];
     for (m, names) in &g {
         if hops.iter().any(|h| within(m, h)) {
             let bad: Vec<_> = names.iter().filter(|n| within(n, "runtime")).collect();

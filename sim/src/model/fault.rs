@@ -44,6 +44,8 @@ pub enum Fault {
         machine: String,
         action: ContainerAction,
     },
+    /// The world's clock moves forward (one-time tokens and sessions expire by it).
+    Clock { advance_s: u64 },
 }
 
 /// Who carries a fault out, and what it is to them.
@@ -62,6 +64,8 @@ pub enum FaultOwner<'a> {
         machine: &'a str,
         state: MachineState,
     },
+    /// The platform's clock.
+    Clock { advance_s: u64 },
     /// The machine itself: its proxy, its container, its apps.
     Machine {
         machine: &'a str,
@@ -139,13 +143,16 @@ impl Fault {
             Fault::AppDown { machine, port } => app(machine, *port, AppFault::Down),
             Fault::AppUp { machine, port } => app(machine, *port, AppFault::Up),
             Fault::AppResetMidBody { machine, port } => app(machine, *port, AppFault::ResetMidBody),
+            Fault::Clock { advance_s } => O::Clock {
+                advance_s: *advance_s,
+            },
         }
     }
 
     /// The machine a fault names (and the app port, for an app's fault), if any.
     pub fn names(&self) -> Option<(&str, Option<u16>)> {
         match self.owner() {
-            FaultOwner::Provider(..) => None,
+            FaultOwner::Provider(..) | FaultOwner::Clock { .. } => None,
             FaultOwner::DockerEngine { machine, .. } | FaultOwner::Platform { machine, .. } => {
                 Some((machine, None))
             }

@@ -3,22 +3,52 @@
 use serde::{Deserialize, Serialize};
 
 /// A generation of the OS router (docs/behaviour.md §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Generation {
     /// "step 0": matchers, `.machines.` form, no auth.
     #[default]
     V0,
+    /// Session + authorization, `X-Forwarded-Host` trusted, errors with `details`.
+    V1,
+    /// The canonical host (301 before auth) and the auth bridge.
+    V2,
+    /// `PROJECT_INGRESS_DOMAIN`, the shared parsing module, `/_/exchange-token`.
+    V3,
 }
 
 impl Generation {
     /// Every generation modelled, oldest first.
-    pub const KNOWN: [Generation; 1] = [Generation::V0];
+    pub const KNOWN: [Generation; 4] = [
+        Generation::V0,
+        Generation::V1,
+        Generation::V2,
+        Generation::V3,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Generation::V0 => "v0",
+            Generation::V1 => "v1",
+            Generation::V2 => "v2",
+            Generation::V3 => "v3",
         }
+    }
+}
+
+impl std::str::FromStr for Generation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Generation, String> {
+        Generation::try_from(s.to_string())
+    }
+}
+
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -93,6 +93,9 @@ impl Default for ProviderMetadata {
 #[serde(deny_unknown_fields)]
 pub struct ProjectSpec {
     pub slug: String,
+    /// The organization the project belongs to (V1+ check membership in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
 }
 
 /// A machine as the platform records it, with the apps it runs.

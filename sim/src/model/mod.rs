@@ -2,6 +2,7 @@
 //! parsed targets and the router's refusals. Nothing here imports another module of the crate
 //! (`tests/module_graph.rs` keeps it so).
 
+mod account;
 mod app;
 mod fault;
 mod generation;
@@ -9,6 +10,9 @@ mod machine;
 mod refusal;
 mod target;
 
+pub use account::{
+    AuthSpec, Exchange, MembershipSpec, OrganizationSpec, Role, SessionSpec, UserSpec,
+};
 pub use app::{AppKind, AppSpec, Bind};
 pub use fault::{
     AppFault, EngineFault, Fault, FaultError, FaultOwner, MachineFault, ProviderFault,

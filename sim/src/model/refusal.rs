@@ -21,6 +21,16 @@ pub enum Code {
     MachineUnavailable,
     /// The transport to the machine failed.
     ProxyError,
+    /// V1+: the host's first label is not a valid project slug.
+    InvalidProjectSlug,
+    /// V1+: no session.
+    Unauthorized,
+    /// V1+: the user is not a member of the project's organization (and not an admin).
+    Forbidden,
+    /// V1+: no project with this slug.
+    ProjectNotFound,
+    /// V1+: the machine's state is not routable.
+    MachineNotRoutable,
 }
 
 impl Code {
@@ -33,14 +43,24 @@ impl Code {
             Code::MachineNotFound => "machine_not_found",
             Code::MachineUnavailable => "machine_unavailable",
             Code::ProxyError => "proxy_error",
+            Code::InvalidProjectSlug => "invalid_project_slug",
+            Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
+            Code::ProjectNotFound => "project_not_found",
+            Code::MachineNotRoutable => "machine_not_routable",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
             Code::IngressNotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
-            Code::NotFound | Code::MachineNotFound => StatusCode::NOT_FOUND,
-            Code::InvalidHostname | Code::InvalidPort => StatusCode::BAD_REQUEST,
+            Code::NotFound | Code::MachineNotFound | Code::ProjectNotFound => StatusCode::NOT_FOUND,
+            Code::InvalidHostname | Code::InvalidPort | Code::InvalidProjectSlug => {
+                StatusCode::BAD_REQUEST
+            }
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::MachineNotRoutable => StatusCode::CONFLICT,
             Code::MachineUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::ProxyError => StatusCode::BAD_GATEWAY,
         }
@@ -52,6 +72,7 @@ impl From<ParseError> for Code {
         match e {
             ParseError::InvalidHostname => Code::InvalidHostname,
             ParseError::InvalidPort => Code::InvalidPort,
+            ParseError::InvalidProjectSlug => Code::InvalidProjectSlug,
         }
     }
 }
@@ -65,6 +86,15 @@ pub struct Details {
     pub hostname: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname_labels: Option<Vec<String>>,
+    /// V1–V2: the configured host matchers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_matchers: Option<Vec<String>>,
+    /// V1–V2: the matcher that covered the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matched_host_matcher: Option<String>,
+    /// V3+: `PROJECT_INGRESS_DOMAIN`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_ingress_domain: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parsed_target: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,6 +156,19 @@ impl Refusal {
     }
 }
 
+impl Refusal {
+    /// A refusal with a `resolution` in its details.
+    pub fn resolution(code: Code, resolution: serde_json::Value) -> Refusal {
+        Refusal {
+            code,
+            details: Box::new(Details {
+                resolution: Some(resolution),
+                ..Details::default()
+            }),
+        }
+    }
+}
+
 impl From<Code> for Refusal {
     fn from(code: Code) -> Refusal {
         Refusal::new(code)
@@ -134,7 +177,13 @@ impl From<Code> for Refusal {
 
 impl From<ParseError> for Refusal {
     fn from(e: ParseError) -> Refusal {
-        Refusal::new(e.into())
+        Refusal {
+            code: e.into(),
+            details: Box::new(Details {
+                parsed_target_error: Some(e.to_string()),
+                ..Details::default()
+            }),
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub enum ParseError {
     InvalidHostname,
     #[error("invalid_port")]
     InvalidPort,
+    #[error("invalid_project_slug")]
+    InvalidProjectSlug,
 }
 
 /// Host extraction, V0: the URL's hostname (the `Host` the edge received), lowercased, without

@@ -1,10 +1,15 @@
 //! The OS router (the `os` worker's ingress path), by generation (docs/behaviour.md §3). The world's
-//! `router` field picks the generation; each is a file that reads as its spec's step list
-//! ([`v0`]), built from the shared [`step`]s. [`handle`] runs it, renders its [`Outcome`] once
-//! (a refusal in the generation's error envelope) and records the router's trace event.
+//! `router` field (or a run's `--router`) picks the generation; each is a file that reads as its
+//! spec's step list ([`v0`] … [`v3`]), built from the shared [`step`]s. [`route`] runs it and
+//! renders its [`Outcome`] once (a refusal in the generation's error envelope, with the details
+//! gathered by the steps), and records the router's trace event. [`handle`] is V0's whole worker
+//! (no control plane); V1+ run behind the worker's middleware (`crate::worker`).
 
 pub mod step;
 pub mod v0;
+pub mod v1;
+pub mod v2;
+pub mod v3;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,19 +18,26 @@ use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::model::{Code, Envelope, Generation, Refusal};
+use crate::model::{Code, Details, Envelope, Generation, Refusal};
 use crate::net::{BoxBody, full, json_response};
-use crate::platform::Platform;
+use crate::platform::{Platform, SessionRow};
 use crate::trace::{Event, RouterEvent, TRACE_HEADER, TraceStore};
+use step::canonical::PublicOrigin;
 use step::matchers::HostGlob;
 use step::transport::Transport;
 
-/// What the router reads: its generation, the host matchers, the platform's records, the
+/// What the router reads: its generation, its environment, the platform's records, the
 /// provider transport, and the trace.
 pub struct RouterCtx {
     pub generation: Generation,
-    /// `PROJECT_INGRESS_PROXY_HOST_MATCHERS`, parsed.
+    /// `PROJECT_INGRESS_PROXY_HOST_MATCHERS`, parsed (V0–V2).
     pub matchers: Vec<HostGlob>,
+    /// `PROJECT_INGRESS_PROXY_CANONICAL_HOST`, as configured (V2).
+    pub canonical_host: Option<String>,
+    /// `PROJECT_INGRESS_DOMAIN`, normalized (V3+).
+    pub ingress_domain: Option<String>,
+    /// `VITE_PUBLIC_URL` (V2+: where the auth bridge is, and the ingress scheme).
+    pub public: PublicOrigin,
     pub platform: Arc<Platform>,
     pub transport: Transport,
     pub trace: Arc<TraceStore>,
@@ -37,9 +49,9 @@ pub enum Outcome {
     Forward(Response<BoxBody>),
     /// The router answers itself.
     Respond(Answer),
-    /// Not the router's request: the worker's next handler takes it (V2+: login and auth paths,
-    /// `/_/exchange-token`). Until the control plane is modelled it is answered `404 not_found`.
-    FallThrough,
+    /// Not the router's request (`null`): the worker's next handler takes it (V2: login and auth
+    /// paths without a session; V3+: `/_/exchange-token`).
+    FallThrough(Request<Incoming>),
 }
 
 /// An answer of the router's own.
@@ -49,6 +61,7 @@ pub enum Answer {
     Redirect {
         status: StatusCode,
         location: String,
+        why: &'static str,
     },
 }
 
@@ -58,38 +71,124 @@ impl From<Refusal> for Outcome {
     }
 }
 
+impl Outcome {
+    fn redirect((status, location): (StatusCode, String), why: &'static str) -> Outcome {
+        Outcome::Respond(Answer::Redirect {
+            status,
+            location,
+            why,
+        })
+    }
+}
+
 /// The error body's shape in a generation.
 fn envelope(g: Generation) -> Envelope {
     match g {
         Generation::V0 => Envelope::Code,
+        Generation::V1 | Generation::V2 | Generation::V3 => Envelope::CodeAndDetails,
     }
 }
 
+/// What the router did with a request.
+pub enum Routed {
+    Answered(Response<BoxBody>),
+    /// `null`: the worker's next handler takes the request.
+    FellThrough(Request<Incoming>),
+}
+
+fn trace_id(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get(TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// V0's worker: the router alone answers every request the edge sends.
 pub async fn handle(
     ctx: Arc<RouterCtx>,
     req: Request<Incoming>,
     _peer: SocketAddr,
 ) -> Response<BoxBody> {
-    let trace_id = req
-        .headers()
-        .get(TRACE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    match route(&ctx, req, None).await {
+        Routed::Answered(r) => r,
+        // V0 never falls through; a generation that does runs behind the worker.
+        Routed::FellThrough(_) => json_response(
+            StatusCode::NOT_FOUND,
+            &Refusal::new(Code::NotFound).body(envelope(ctx.generation)),
+        ),
+    }
+}
+
+/// Runs the generation with the session the worker found, renders its outcome, records the
+/// router's event.
+pub async fn route(
+    ctx: &RouterCtx,
+    req: Request<Incoming>,
+    session: Option<&SessionRow>,
+) -> Routed {
+    let trace_id = trace_id(&req);
     let mut ev = RouterEvent::new(ctx.generation.as_str());
     let tid = trace_id.as_deref();
     let decided = match ctx.generation {
-        Generation::V0 => v0::route(&ctx, req, &mut ev, tid).await,
+        Generation::V0 => v0::route(ctx, req, &mut ev, tid).await,
+        Generation::V1 => v1::route(ctx, req, session, &mut ev, tid).await,
+        Generation::V2 => v2::route(ctx, req, session, &mut ev, tid).await,
+        Generation::V3 => v3::route(ctx, req, session, &mut ev, tid).await,
     };
     let outcome = decided.unwrap_or_else(Outcome::from);
-    let resp = render(outcome, envelope(ctx.generation), &mut ev);
+    let routed = match outcome {
+        Outcome::FallThrough(req) => {
+            ev.outcome = "fell through (null): the control plane handles it".into();
+            Routed::FellThrough(req)
+        }
+        other => Routed::Answered(render(other, ctx, &mut ev)),
+    };
     if let Some(id) = trace_id {
         ctx.trace.record(&id, Event::Router(Box::new(ev)));
     }
-    resp
+    routed
+}
+
+/// The envelope's `details` (V1+): the context the steps recorded (hostname and labels, the
+/// matchers or the ingress domain, the parsed target or its error), then the refusal's own.
+fn details(r: &Refusal, ctx: &RouterCtx, ev: &RouterEvent) -> Details {
+    let mut d = Details {
+        hostname: Some(ev.hostname.clone()),
+        ..Details::default()
+    };
+    if r.code == Code::IngressNotConfigured && ctx.generation >= Generation::V3 {
+        // V3: `{hostname}` only.
+        return d;
+    }
+    d.hostname_labels = Some(step::hostname::labels(&ev.hostname));
+    match ctx.generation {
+        Generation::V0 | Generation::V1 | Generation::V2 => {
+            d.host_matchers = Some(ctx.matchers.iter().map(|m| m.raw.clone()).collect());
+            d.matched_host_matcher = ev.matched.clone();
+        }
+        Generation::V3 => d.project_ingress_domain = ctx.ingress_domain.clone(),
+    }
+    d.parsed_target = ev.parsed.as_ref().map(|p| {
+        let id = match p.kind {
+            crate::model::TargetKind::Machine => "machineId",
+            crate::model::TargetKind::Project => "projectSlug",
+        };
+        serde_json::json!({
+            "kind": p.kind.as_str(),
+            id: p.id,
+            "targetPort": p.target_port,
+            "isPortExplicit": p.port_explicit,
+            "rootDomain": p.root_domain,
+        })
+    });
+    d.parsed_target_error = r.details.parsed_target_error.clone();
+    d.resolution = r.details.resolution.clone();
+    d.proxy_error = r.details.proxy_error.clone();
+    d
 }
 
 /// The one place an outcome becomes a response (and the event's outcome and status).
-fn render(outcome: Outcome, envelope: Envelope, ev: &mut RouterEvent) -> Response<BoxBody> {
+fn render(outcome: Outcome, ctx: &RouterCtx, ev: &mut RouterEvent) -> Response<BoxBody> {
     let resp = match outcome {
         Outcome::Forward(resp) => {
             ev.outcome = if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -102,10 +201,22 @@ fn render(outcome: Outcome, envelope: Envelope, ev: &mut RouterEvent) -> Respons
         Outcome::Respond(Answer::Refusal(r)) => {
             ev.outcome = format!("refused: {}", r.code.as_str());
             ev.error = r.details.proxy_error.clone();
-            json_response(r.status(), &r.body(envelope))
+            let body = match envelope(ctx.generation) {
+                Envelope::Code => r.body(Envelope::Code),
+                Envelope::CodeAndDetails => Refusal {
+                    code: r.code,
+                    details: Box::new(details(&r, ctx, ev)),
+                }
+                .body(Envelope::CodeAndDetails),
+            };
+            json_response(r.status(), &body)
         }
-        Outcome::Respond(Answer::Redirect { status, location }) => {
-            ev.outcome = format!("redirect: {location}");
+        Outcome::Respond(Answer::Redirect {
+            status,
+            location,
+            why,
+        }) => {
+            ev.outcome = format!("redirect ({why}): {location}");
             let mut resp = Response::new(full(""));
             *resp.status_mut() = status;
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -113,10 +224,10 @@ fn render(outcome: Outcome, envelope: Envelope, ev: &mut RouterEvent) -> Respons
             }
             resp
         }
-        Outcome::FallThrough => {
-            ev.outcome = "fell through (no control plane modelled)".into();
+        Outcome::FallThrough(_) => {
+            // Handled by `route`; never rendered.
             let r = Refusal::new(Code::NotFound);
-            json_response(r.status(), &r.body(envelope))
+            json_response(r.status(), &r.body(envelope(ctx.generation)))
         }
     };
     ev.status = resp.status().as_u16();

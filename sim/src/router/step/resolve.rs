@@ -20,6 +20,12 @@ pub fn machine_v0<'p>(
             .filter(|m| matches!(m.state, MachineState::Active | MachineState::Detached)),
     }
     .ok_or(Code::MachineNotFound)?;
+    record(&row, ev);
+    Ok(row)
+}
+
+/// Records the machine resolved.
+pub fn record(row: &MachineRow<'_>, ev: &mut RouterEvent) {
     ev.machine = Some(MachineRef {
         id: row.spec.id.clone(),
         project: row.spec.project.clone(),
@@ -27,7 +33,6 @@ pub fn machine_v0<'p>(
         provider: row.spec.provider.as_str().into(),
         external_id: row.spec.external_id.clone(),
     });
-    Ok(row)
 }
 
 /// Step: the machine has a provider id, else `503 machine_unavailable`.
