@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod client;
+pub mod diagram;
 pub mod edge;
 pub mod exec;
 pub mod fixture_file;

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use sim::diagram::{Diagram, Timing};
 use sim::exec::run_step;
 use sim::render::{Style, render};
 use sim::scenario::{Expect, Scenario, Step, StepKind};
@@ -57,6 +58,14 @@ struct RequestArgs {
     ws_send: Vec<String>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TraceFormat {
+    Text,
+    Json,
+    Mermaid,
+    Svg,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a world and serve it until Ctrl-C. The first line on stdout is `edge: http://ADDR`.
@@ -75,9 +84,20 @@ enum Cmd {
         world: String,
         #[command(flatten)]
         req: RequestArgs,
-        /// Print the trace as JSON (redacted, as in snapshots).
-        #[arg(long)]
+        /// Print the trace as JSON (redacted, as in snapshots); the same as `--format json`.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// How to print the trace: `text` (for a person), `json` (as in snapshots), `mermaid` (a
+        /// sequence diagram for a GitHub issue or pull request: paste it in a ```mermaid block),
+        /// `svg` (the same diagram drawn as a self-contained SVG).
+        #[arg(long, value_enum, default_value = "text")]
+        format: TraceFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Leave the times out of a diagram (so that it is the same on every run).
+        #[arg(long)]
+        no_times: bool,
     },
     /// Run one machine on its own (a container's entrypoint): its apps on their real ports, the
     /// shipped proxy binary on :8080, and every app hop event printed as a JSON line on stdout.
@@ -246,7 +266,8 @@ async fn start(world: &Path, listen: Option<SocketAddr>) -> Result<(World, std::
 async fn trace(
     world: &Path,
     req: &RequestArgs,
-    json: bool,
+    format: TraceFormat,
+    times: bool,
 ) -> Result<(sim::exec::StepDoc, String)> {
     let step = build_step(req)?;
     // The machines --direct and --fault name are checked before the world starts.
@@ -268,13 +289,20 @@ async fn trace(
         );
     }
     let (w, _) = start(world, None).await?;
+    let before = w.trace().issued();
+    let sent = Instant::now();
     let doc = run_step(&w, &step).await;
-    let text = if json {
-        serde_json::to_string_pretty(&doc.redacted(&w))?
-    } else {
-        let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
-            && std::env::var_os("NO_COLOR").is_none();
-        w.redactor().redact_str(&render(&doc, Style { color }))
+    let timing = times.then(|| Timing::of_step(w.trace(), before, sent.elapsed()));
+    let title = format!("{} {}", step.method, step.url);
+    let text = match format {
+        TraceFormat::Json => serde_json::to_string_pretty(&doc.redacted(&w))? + "\n",
+        TraceFormat::Mermaid => Diagram::from_doc(&doc.redacted(&w), timing.as_ref()).mermaid(),
+        TraceFormat::Svg => Diagram::from_doc(&doc.redacted(&w), timing.as_ref()).svg(&title),
+        TraceFormat::Text => {
+            let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none();
+            w.redactor().redact_str(&render(&doc, Style { color }))
+        }
     };
     w.shutdown().await;
     Ok((doc, text))
@@ -497,11 +525,13 @@ fn main() -> ExitCode {
             Cmd::Machine { spec_json, proxy, listen, control } => {
                 machine(&spec_json, &proxy, listen, control).await
             }
-            Cmd::Trace { world, req, json } => {
-                let (_, text) = trace(&world_file(&world)?, &req, json).await?;
-                print!("{text}");
-                if json {
-                    println!();
+            Cmd::Trace { world, req, json, format, output, no_times } => {
+                let format = if json { TraceFormat::Json } else { format };
+                let (_, text) = trace(&world_file(&world)?, &req, format, !no_times).await?;
+                match output {
+                    Some(path) => std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?,
+                    None => print!("{text}"),
                 }
                 Ok(())
             }
@@ -509,7 +539,7 @@ fn main() -> ExitCode {
                 cmd: ScenarioCmd::New { name, world, req, description, dir, force },
             } => {
                 let world = world_file(&world)?;
-                let (doc, text) = trace(&world, &req, false).await?;
+                let (doc, text) = trace(&world, &req, TraceFormat::Text, false).await?;
                 print!("{text}");
                 let path = scenario_new(&name, &world, &req, description, &dir, force, &doc)?;
                 println!("wrote {}", path.display());
