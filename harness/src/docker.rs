@@ -409,7 +409,7 @@ impl ContainerMachine {
                     }
                     notify.notify_waiters();
                 } else {
-                    trace.record(&l.trace_id, Event::from(l.event));
+                    trace.record_untimed(&l.trace_id, Event::from(l.event));
                 }
             }
         });

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod docker;
 pub mod expect;
 pub mod junit;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -102,6 +103,9 @@ pub fn filter(found: Vec<Found>, filters: &[String]) -> Vec<Found> {
 pub struct StepRun {
     pub snapshot_name: String,
     pub value: serde_json::Value,
+    /// When each hop recorded its decision and how long the step took (for diagrams; never in
+    /// snapshots).
+    pub timing: Option<sim::diagram::Timing>,
 }
 
 /// One scenario's outcome.
@@ -231,7 +235,10 @@ pub async fn run_scenario(
     let mut steps = Vec::new();
     let mut failures = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
+        let before = world.trace().issued();
+        let sent = Instant::now();
         let doc = sim::exec::run_step(&world, step).await;
+        let timing = sim::diagram::Timing::of_step(world.trace(), before, sent.elapsed());
         let label = step
             .name
             .clone()
@@ -242,6 +249,7 @@ pub async fn run_scenario(
         steps.push(StepRun {
             snapshot_name: snapshot_name(&found, i),
             value: doc.redacted(&world),
+            timing: Some(timing),
         });
     }
     world.shutdown().await;
