@@ -7,6 +7,7 @@ pub mod cli;
 pub mod docker;
 pub mod expect;
 pub mod junit;
+pub mod progress;
 pub mod report;
 
 use std::path::{Path, PathBuf};
@@ -410,13 +411,19 @@ pub async fn run_all_in(
 ) -> Vec<ScenarioRun> {
     let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
     let mut handles = Vec::new();
+    // On a terminal, a counter of finished scenarios (the docker backend takes a while).
+    static SCENARIOS: progress::Counter = progress::Counter::new("scenarios", "done", false);
+    SCENARIOS.expect(found.len());
     for f in found {
         let sem = sem.clone();
         let layout = layout.clone();
         let docker = docker.clone();
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            run_scenario(&layout, f, docker.as_ref()).await
+            SCENARIOS.begin();
+            let run = run_scenario(&layout, f, docker.as_ref()).await;
+            SCENARIOS.end(&run.found.id);
+            run
         }));
     }
     let mut out = Vec::new();
@@ -433,6 +440,7 @@ pub async fn run_all_in(
             )),
         }
     }
+    SCENARIOS.clear();
     out
 }
 
