@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+mod common;
+use common::scratch;
+
 const BIN: &str = env!("CARGO_BIN_EXE_e2e");
 /// Chromium's start and render are well under this; it is a hang bound, not a wait.
 const BROWSER_DEADLINE: Duration = Duration::from_secs(90);
@@ -25,39 +28,20 @@ fn chromium() -> Option<PathBuf> {
         })
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "browser-check-{}-{}-{name}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn fixtures() -> PathBuf {
-    let dir = scratch("fixtures");
-    std::fs::create_dir_all(dir.join("worlds")).unwrap();
-    std::fs::create_dir_all(dir.join("scenarios/demo")).unwrap();
-    let world = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/worlds/default.toml"),
+    common::fixtures_tree(
+        "browser-check",
+        &[
+            (
+                "demo/ok_port.toml",
+                "description = \"the 4096 prefix reaches the app on 4096\"\nworld = \"default\"\n[[steps]]\nurl = \"https://4096__misha.iterate.town/session\"\nexpect = { status = 200 }\n",
+            ),
+            (
+                "demo/unknown_machine.toml",
+                "description = \"an unknown machine is refused by the router\"\nworld = \"default\"\n[[steps]]\nurl = \"https://mach_nope.machines.iterate.town/\"\nexpect = { status = 404, error = \"machine_not_found\" }\n",
+            ),
+        ],
     )
-    .unwrap();
-    std::fs::write(dir.join("worlds/default.toml"), world).unwrap();
-    std::fs::write(
-        dir.join("scenarios/demo/ok_port.toml"),
-        "description = \"the 4096 prefix reaches the app on 4096\"\nworld = \"default\"\n[[steps]]\nurl = \"https://4096__misha.iterate.town/session\"\nexpect = { status = 200 }\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("scenarios/demo/unknown_machine.toml"),
-        "description = \"an unknown machine is refused by the router\"\nworld = \"default\"\n[[steps]]\nurl = \"https://mach_nope.machines.iterate.town/\"\nexpect = { status = 404, error = \"machine_not_found\" }\n",
-    )
-    .unwrap();
-    dir
 }
 
 fn e2e(fixtures: &Path, args: &[&str]) -> (i32, String) {
@@ -144,6 +128,22 @@ fn local_refs(html: &str) -> Vec<String> {
     out
 }
 
+/// A screenshot of `url` at `size` (`W,H`) into `png`, checked to be a PNG of some substance.
+fn screenshot(browser: &Path, profile: &Path, url: &str, png: &Path, size: &str) {
+    let _ = std::fs::remove_file(png);
+    run_browser(
+        browser,
+        profile,
+        &[
+            format!("--screenshot={}", png.display()),
+            format!("--window-size={size}"),
+        ],
+        url,
+    )
+    .unwrap();
+    assert!(is_png(png), "no screenshot at {}", png.display());
+}
+
 fn is_png(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|b| b.len() > 10_000 && b.starts_with(b"\x89PNG\r\n\x1a\n"))
 }
@@ -193,18 +193,7 @@ fn report_and_diagram_render_in_chromium() {
     let profile = scratch("profile");
     let url = format!("file://{}", index.display());
     let page_png = shots.join("report.png");
-    let _ = std::fs::remove_file(&page_png);
-    run_browser(
-        &browser,
-        &profile,
-        &[
-            format!("--screenshot={}", page_png.display()),
-            "--window-size=1400,1600".into(),
-        ],
-        &url,
-    )
-    .unwrap();
-    assert!(is_png(&page_png), "no screenshot at {}", page_png.display());
+    screenshot(&browser, &profile, &url, &page_png, "1400,1600");
     let dom = run_browser(&browser, &profile, &["--dump-dom".into()], &url).unwrap();
     // The stylesheet and the script both took effect (the script marks it).
     assert!(
@@ -262,18 +251,7 @@ fn report_and_diagram_render_in_chromium() {
     let svg = report.join("diagrams/demo/ok_port-01.svg");
     let svg_url = format!("file://{}", svg.display());
     let svg_png = shots.join("diagram.png");
-    let _ = std::fs::remove_file(&svg_png);
-    run_browser(
-        &browser,
-        &profile,
-        &[
-            format!("--screenshot={}", svg_png.display()),
-            "--window-size=1600,800".into(),
-        ],
-        &svg_url,
-    )
-    .unwrap();
-    assert!(is_png(&svg_png), "no screenshot at {}", svg_png.display());
+    screenshot(&browser, &profile, &svg_url, &svg_png, "1600,800");
     let svg_dom = run_browser(&browser, &profile, &["--dump-dom".into()], &svg_url).unwrap();
     assert!(svg_dom.contains("<svg"), "{svg_dom}");
     for p in ["client", "edge", "router", "provider", "machine", "app"] {

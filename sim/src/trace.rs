@@ -510,24 +510,26 @@ mod tests {
         );
     }
 
+    fn provider_event() -> Event {
+        Event::Provider(ProviderEvent {
+            provider: "fly".into(),
+            request: "GET /".into(),
+            decision: "ok".into(),
+            added_headers: vec![],
+            status: Some(200),
+        })
+    }
+
     #[test]
     fn hop_times_are_known_only_for_events_recorded_live_under_issued_ids() {
         let s = TraceStore::default();
         let before = s.issued();
         let id = s.next_id();
-        let ev = || {
-            Event::Provider(ProviderEvent {
-                provider: "fly".into(),
-                request: "GET /".into(),
-                decision: "ok".into(),
-                added_headers: vec![],
-                status: Some(200),
-            })
-        };
+        let ev = provider_event;
         s.record(&id, ev());
         s.record_untimed(&id, ev());
         s.record("not-issued", ev());
-        assert_eq!(s.ids_since(before), [id.clone()]);
+        assert_eq!(s.ids_since(before), std::slice::from_ref(&id));
         let t = s.hop_times(&id);
         assert_eq!(t.len(), 2);
         assert!(t[0].1.is_some() && t[1].1.is_none(), "{t:?}");
@@ -541,16 +543,7 @@ mod tests {
         let s2 = s.clone();
         let id2 = id.clone();
         tokio::spawn(async move {
-            s2.record(
-                &id2,
-                Event::Provider(ProviderEvent {
-                    provider: "fly".into(),
-                    request: "GET /".into(),
-                    decision: "ok".into(),
-                    added_headers: vec![],
-                    status: Some(200),
-                }),
-            );
+            s2.record(&id2, provider_event());
             s2.finish(&id2);
         });
         let evs = s.wait_finished(&id, Duration::from_secs(5), |_| true).await;

