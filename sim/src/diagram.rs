@@ -428,6 +428,7 @@ impl Builder<'_> {
         hops: &[Value],
     ) -> (usize, bool) {
         let mut prev = client;
+        let mut feeder = client;
         let mut line = entry.to_string();
         let mut answer = (client, false);
         let count = hops.len();
@@ -444,6 +445,11 @@ impl Builder<'_> {
                     ArrowKind::Request
                 };
                 self.arrow(prev, lane, label, k);
+                feeder = prev;
+            } else if i > 0 && feeder != lane {
+                // The same hop again (a second request, e.g. after a redirect the router
+                // followed): its own arrow from the hop that fed it before.
+                self.arrow(feeder, lane, &got, ArrowKind::Request);
             }
             if s(o, "method").is_some() {
                 line = got.split("  (host").next().unwrap_or(&got).to_string();
@@ -1204,6 +1210,28 @@ mod tests {
         for id in ["client", "edge", "router_v0"] {
             assert!(svg.contains(&format!("data-participant=\"{id}\"")), "{id}");
         }
+    }
+
+    #[test]
+    fn a_hop_seen_twice_gets_an_arrow_each_time() {
+        let doc = json!({
+            "request": {"method": "GET", "url": "https://a.iterate.town/start", "via": "edge"},
+            "hops": [
+                {"hop": "machine", "machine": "m", "method": "GET", "path": "/start", "status": 302},
+                {"hop": "machine", "machine": "m", "method": "GET", "path": "/landing", "status": 200},
+                {"hop": "app", "machine": "m", "port": 3000, "method": "GET", "path_and_query": "/start"},
+                {"hop": "app", "machine": "m", "port": 3000, "method": "GET", "path_and_query": "/landing"}
+            ],
+            "response": {"status": 200, "headers": [], "body": "", "body_bytes": 0, "truncated": false}
+        });
+        let m = Diagram::from_doc(&doc, None).mermaid();
+        assert!(
+            m.contains("client->>machine_m: GET https://a.iterate.town/start\n"),
+            "{m}"
+        );
+        assert!(m.contains("client->>machine_m: GET /landing\n"), "{m}");
+        assert!(m.contains("machine_m->>app_m_3000: GET /start\n"), "{m}");
+        assert!(m.contains("machine_m->>app_m_3000: GET /landing\n"), "{m}");
     }
 
     #[test]
