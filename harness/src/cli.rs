@@ -30,6 +30,10 @@ pub struct Args {
     /// Write a JUnit XML report to PATH.
     #[arg(long, value_name = "PATH")]
     pub junit: Option<PathBuf>,
+    /// Write a static HTML report (DIR/index.html plus its assets and one SVG per step): the
+    /// summary, then every scenario, failures first, with its diagrams and snapshot diffs.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
     /// How worlds run.
     #[arg(long, value_enum, default_value = "in-process")]
     pub backend: Backend,
@@ -157,7 +161,7 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         }
         results.push((run, fails));
     }
-    let mut orphans_found = 0;
+    let mut orphans: Vec<PathBuf> = Vec::new();
     if unfiltered && args.backend == Backend::InProcess {
         // Snapshots the scenario files call for (a scenario that does not load has failed above,
         // and its snapshots are then not judged, so `--accept` cannot delete them).
@@ -168,11 +172,11 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
                         let _ = std::fs::remove_file(&o);
                         println!("removed orphan snapshot {}", o.display());
                     } else {
-                        orphans_found += 1;
                         println!(
                             "FAIL orphan snapshot (no scenario step produces it): {}",
                             o.display()
                         );
+                        orphans.push(o);
                     }
                 }
             }
@@ -193,6 +197,7 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             println!("removed {}", p.display());
         }
     }
+    let orphans_found = orphans.len();
     failed += orphans_found;
     let elapsed = started.elapsed();
     if let Some(path) = &args.junit {
@@ -209,6 +214,24 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
             return 2;
         }
         println!("junit report: {}", path.display());
+    }
+    if let Some(dir) = &args.report {
+        let refs: Vec<_> = results.iter().map(|(r, f)| (*r, f.clone())).collect();
+        let report = crate::report::Run {
+            layout: &layout,
+            results: &refs,
+            orphans: &orphans,
+            elapsed,
+            backend: args.backend,
+            jobs: args.jobs,
+        };
+        match crate::report::write(dir, &report) {
+            Ok(index) => println!("report: {}", index.display()),
+            Err(e) => {
+                eprintln!("e2e: cannot write the report in {}: {e}", dir.display());
+                return 2;
+            }
+        }
     }
     println!(
         "wall time: {:.2}s ({}, {})",

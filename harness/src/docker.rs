@@ -231,6 +231,9 @@ pub struct ContainerMachine {
 
 static NEXT_CONTAINER: AtomicU64 = AtomicU64::new(0);
 static START_TIMES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+/// Container starts, shown as they happen (a counter on a terminal, a line each otherwise).
+static STARTS: crate::progress::Counter =
+    crate::progress::Counter::new("containers", "healthy", true);
 
 /// Container start times so far (create + start + the proxy answering `/health`): count,
 /// median, max.
@@ -292,10 +295,14 @@ impl ContainerMachine {
                 ]));
             });
         let started = std::time::Instant::now();
-        let container = req
-            .start()
-            .await
-            .map_err(|e| format!("starting a container for {}: {e}", spec.id))?;
+        STARTS.begin();
+        let container = match req.start().await {
+            Ok(c) => c,
+            Err(e) => {
+                STARTS.end(&format!("{name} failed to start"));
+                return Err(format!("starting a container for {}: {e}", spec.id));
+            }
+        };
         let id = container.id().to_string();
         let m = Arc::new(ContainerMachine {
             machine: spec.id.clone(),
@@ -317,9 +324,15 @@ impl ContainerMachine {
             settle_seen: Arc::new(Notify::new()),
             next_settle: AtomicU64::new(0),
         });
-        m.came_up(true).await?;
+        let up = m.came_up(true).await;
+        let took = started.elapsed();
+        match &up {
+            Ok(()) => STARTS.end(&format!("{} in {} ms", m.name, took.as_millis())),
+            Err(_) => STARTS.end(&format!("{} did not become healthy", m.name)),
+        }
+        up?;
         if let Ok(mut t) = START_TIMES.lock() {
-            t.push(started.elapsed());
+            t.push(took);
         }
         Ok(m)
     }
@@ -409,7 +422,7 @@ impl ContainerMachine {
                     }
                     notify.notify_waiters();
                 } else {
-                    trace.record(&l.trace_id, Event::from(l.event));
+                    trace.record_untimed(&l.trace_id, Event::from(l.event));
                 }
             }
         });

@@ -7,6 +7,8 @@ pub mod cli;
 pub mod docker;
 pub mod expect;
 pub mod junit;
+pub mod progress;
+pub mod report;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,6 +118,9 @@ pub fn filter(found: Vec<Found>, filters: &[String]) -> Vec<Found> {
 pub struct StepRun {
     pub snapshot_name: String,
     pub value: serde_json::Value,
+    /// When each hop recorded its decision and how long the step took (for diagrams; never in
+    /// snapshots).
+    pub timing: Option<sim::diagram::Timing>,
 }
 
 /// One scenario's outcome.
@@ -260,7 +265,10 @@ pub async fn run_scenario(
     let mut steps = Vec::new();
     let mut failures = Vec::new();
     for (i, step) in scenario.steps.iter().enumerate() {
+        let before = world.trace().issued();
+        let sent = Instant::now();
         let doc = sim::exec::run_step(&world, step).await;
+        let timing = sim::diagram::Timing::of_step(world.trace(), before, sent.elapsed());
         let label = step
             .name
             .clone()
@@ -271,6 +279,7 @@ pub async fn run_scenario(
         steps.push(StepRun {
             snapshot_name: snapshot_name(&found, i),
             value: doc.redacted(&world),
+            timing: Some(timing),
         });
     }
     world.shutdown().await;
@@ -431,13 +440,19 @@ pub async fn run_all_in(
 ) -> Vec<ScenarioRun> {
     let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
     let mut handles = Vec::new();
+    // On a terminal, a counter of finished scenarios (the docker backend takes a while).
+    static SCENARIOS: progress::Counter = progress::Counter::new("scenarios", "done", false);
+    SCENARIOS.expect(found.len());
     for f in found {
         let sem = sem.clone();
         let layout = layout.clone();
         let docker = docker.clone();
         handles.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            run_scenario(&layout, f, docker.as_ref()).await
+            SCENARIOS.begin();
+            let run = run_scenario(&layout, f, docker.as_ref()).await;
+            SCENARIOS.end(&run.found.id);
+            run
         }));
     }
     let mut out = Vec::new();
@@ -454,6 +469,7 @@ pub async fn run_all_in(
             )),
         }
     }
+    SCENARIOS.clear();
     out
 }
 

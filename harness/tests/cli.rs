@@ -5,36 +5,24 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_e2e");
 
 fn fixtures() -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("e2e-cli-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(dir.join("worlds")).unwrap();
-    std::fs::create_dir_all(dir.join("scenarios/demo")).unwrap();
-    let world = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/worlds/default.toml"),
+    common::fixtures_tree(
+        "e2e-cli",
+        &[
+            (
+                "demo/ok_port.toml",
+                "description = \"4096 prefix\"\nworld = \"default\"\n[[steps]]\nurl = \"https://4096__misha.iterate.town/\"\nexpect = { status = 200 }\n",
+            ),
+            (
+                "demo/no_route.toml",
+                "description = \"no route\"\nworld = \"default\"\n[[steps]]\nurl = \"https://google.com/\"\nexpect = { status = 404, error = \"edge_no_route\" }\n",
+            ),
+        ],
     )
-    .unwrap();
-    std::fs::write(dir.join("worlds/default.toml"), world).unwrap();
-    std::fs::write(
-        dir.join("scenarios/demo/ok_port.toml"),
-        "description = \"4096 prefix\"\nworld = \"default\"\n[[steps]]\nurl = \"https://4096__misha.iterate.town/\"\nexpect = { status = 200 }\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("scenarios/demo/no_route.toml"),
-        "description = \"no route\"\nworld = \"default\"\n[[steps]]\nurl = \"https://google.com/\"\nexpect = { status = 404, error = \"edge_no_route\" }\n",
-    )
-    .unwrap();
-    dir
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 fn e2e(dir: &Path, args: &[&str], ci: bool) -> (i32, String) {

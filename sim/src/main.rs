@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use sim::diagram::{Diagram, Timing};
 use sim::exec::run_step;
 use sim::model::Generation;
 use sim::render::{Style, render};
@@ -58,6 +59,14 @@ struct RequestArgs {
     ws_send: Vec<String>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TraceFormat {
+    Text,
+    Json,
+    Mermaid,
+    Svg,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a world and serve it until Ctrl-C. The first line on stdout is `edge: http://ADDR`.
@@ -79,9 +88,20 @@ enum Cmd {
         world: String,
         #[command(flatten)]
         req: RequestArgs,
-        /// Print the trace as JSON (redacted, as in snapshots).
-        #[arg(long)]
+        /// Print the trace as JSON (redacted, as in snapshots); the same as `--format json`.
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// How to print the trace: `text` (for a person), `json` (as in snapshots), `mermaid` (a
+        /// sequence diagram for a GitHub issue or pull request: paste it in a ```mermaid block),
+        /// `svg` (the same diagram drawn as a self-contained SVG).
+        #[arg(long, value_enum, default_value = "text")]
+        format: TraceFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Leave the times out of a diagram (so that it is the same on every run).
+        #[arg(long)]
+        no_times: bool,
         /// Run the OS router under this generation instead of the world's (v0, v1, v2, v3).
         #[arg(long, value_name = "GENERATION")]
         router: Option<Generation>,
@@ -274,7 +294,8 @@ async fn start(
 async fn trace(
     world: &Path,
     req: &RequestArgs,
-    json: bool,
+    format: TraceFormat,
+    times: bool,
     router: Option<Generation>,
 ) -> Result<(sim::exec::StepDoc, String)> {
     let step = build_step(req)?;
@@ -298,13 +319,20 @@ async fn trace(
         );
     }
     let (w, _) = start(world, None, router).await?;
+    let before = w.trace().issued();
+    let sent = Instant::now();
     let doc = run_step(&w, &step).await;
-    let text = if json {
-        serde_json::to_string_pretty(&doc.redacted(&w))?
-    } else {
-        let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
-            && std::env::var_os("NO_COLOR").is_none();
-        w.redactor().redact_str(&render(&doc, Style { color }))
+    let timing = times.then(|| Timing::of_step(w.trace(), before, sent.elapsed()));
+    let title = format!("{} {}", step.method, step.url);
+    let text = match format {
+        TraceFormat::Json => serde_json::to_string_pretty(&doc.redacted(&w))? + "\n",
+        TraceFormat::Mermaid => Diagram::from_doc(&doc.redacted(&w), timing.as_ref()).mermaid(),
+        TraceFormat::Svg => Diagram::from_doc(&doc.redacted(&w), timing.as_ref()).svg(&title),
+        TraceFormat::Text => {
+            let color = std::io::IsTerminal::is_terminal(&std::io::stdout())
+                && std::env::var_os("NO_COLOR").is_none();
+            w.redactor().redact_str(&render(&doc, Style { color }))
+        }
     };
     w.shutdown().await;
     Ok((doc, text))
@@ -622,11 +650,14 @@ fn main() -> ExitCode {
             Cmd::Machine { spec_json, proxy, listen, control } => {
                 machine(&spec_json, &proxy, listen, control).await
             }
-            Cmd::Trace { world, req, json, router } => {
-                let (_, text) = trace(&world_file(&world)?, &req, json, router).await?;
-                print!("{text}");
-                if json {
-                    println!();
+            Cmd::Trace { world, req, json, format, output, no_times, router } => {
+                let format = if json { TraceFormat::Json } else { format };
+                let (_, text) =
+                    trace(&world_file(&world)?, &req, format, !no_times, router).await?;
+                match output {
+                    Some(path) => std::fs::write(&path, text)
+                        .with_context(|| format!("writing {}", path.display()))?,
+                    None => print!("{text}"),
                 }
                 Ok(())
             }
@@ -639,7 +670,7 @@ fn main() -> ExitCode {
                 cmd: ScenarioCmd::New { name, world, req, description, dir, force },
             } => {
                 let world = world_file(&world)?;
-                let (doc, text) = trace(&world, &req, false, None).await?;
+                let (doc, text) = trace(&world, &req, TraceFormat::Text, false, None).await?;
                 print!("{text}");
                 let path = scenario_new(&name, &world, &req, description, &dir, force, &doc)?;
                 println!("wrote {}", path.display());

@@ -347,6 +347,10 @@ impl Event {
 struct Inner {
     events: HashMap<String, Vec<Event>>,
     done: HashMap<String, bool>,
+    /// When each id was issued by [`TraceStore::next_id`] (the client is about to send).
+    opened: HashMap<String, std::time::Instant>,
+    /// Per id, in record order: each event's time since its id was issued, where known.
+    times: HashMap<String, Vec<Option<Duration>>>,
 }
 
 /// All events of a world, per request id.
@@ -366,10 +370,53 @@ impl TraceStore {
     /// A fresh request id: `r1`, `r2`, ...
     pub fn next_id(&self) -> String {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        format!("r{n}")
+        let id = format!("r{n}");
+        if let Ok(mut g) = self.inner.lock() {
+            g.opened.insert(id.clone(), std::time::Instant::now());
+        }
+        id
+    }
+
+    /// How many ids [`TraceStore::next_id`] has issued (the last one is `r<issued>`).
+    pub fn issued(&self) -> u64 {
+        self.next.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The ids issued after [`TraceStore::issued`] returned `before`, oldest first.
+    pub fn ids_since(&self, before: u64) -> Vec<String> {
+        (before + 1..=self.issued())
+            .map(|n| format!("r{n}"))
+            .collect()
+    }
+
+    /// Each event of `id` as (hop, time from the id's issue to the event's record), in record
+    /// order; the time is `None` for an event recorded by [`TraceStore::record_untimed`] or
+    /// under an id this store did not issue. A hop records once it has decided (a forwarding hop:
+    /// once the answer's head came back), so the time is when that hop was done.
+    pub fn hop_times(&self, id: &str) -> Vec<(&'static str, Option<Duration>)> {
+        let Ok(g) = self.inner.lock() else {
+            return Vec::new();
+        };
+        let events = g.events.get(id).map(Vec::as_slice).unwrap_or_default();
+        let times = g.times.get(id).map(Vec::as_slice).unwrap_or_default();
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.hop(), times.get(i).copied().flatten()))
+            .collect()
+    }
+
+    /// As [`TraceStore::record`], for an event whose time here says nothing about the hop (read
+    /// back later from a container's log).
+    pub fn record_untimed(&self, id: &str, ev: Event) {
+        self.record_at(id, ev, false);
     }
 
     pub fn record(&self, id: &str, ev: Event) {
+        self.record_at(id, ev, true);
+    }
+
+    fn record_at(&self, id: &str, ev: Event, timed: bool) {
         if self.log_events.load(std::sync::atomic::Ordering::Relaxed) {
             tracing::info!(target: "ingress_sim::hop", "[{id}] {:<8} {}", ev.hop(), ev.summary());
         }
@@ -378,6 +425,12 @@ impl TraceStore {
             println!("{line}");
         }
         if let Ok(mut g) = self.inner.lock() {
+            let at = g
+                .opened
+                .get(id)
+                .filter(|_| timed)
+                .map(std::time::Instant::elapsed);
+            g.times.entry(id.to_string()).or_default().push(at);
             g.events.entry(id.to_string()).or_default().push(ev);
         }
         self.changed.notify_waiters();
@@ -570,6 +623,32 @@ mod tests {
         );
     }
 
+    fn provider_event() -> Event {
+        Event::Provider(ProviderEvent {
+            provider: "fly".into(),
+            request: "GET /".into(),
+            decision: "ok".into(),
+            added_headers: vec![],
+            status: Some(200),
+        })
+    }
+
+    #[test]
+    fn hop_times_are_known_only_for_events_recorded_live_under_issued_ids() {
+        let s = TraceStore::default();
+        let before = s.issued();
+        let id = s.next_id();
+        let ev = provider_event;
+        s.record(&id, ev());
+        s.record_untimed(&id, ev());
+        s.record("not-issued", ev());
+        assert_eq!(s.ids_since(before), std::slice::from_ref(&id));
+        let t = s.hop_times(&id);
+        assert_eq!(t.len(), 2);
+        assert!(t[0].1.is_some() && t[1].1.is_none(), "{t:?}");
+        assert_eq!(s.hop_times("not-issued")[0].1, None);
+    }
+
     #[tokio::test]
     async fn wait_finished_returns_on_finish() {
         let s = std::sync::Arc::new(TraceStore::default());
@@ -577,16 +656,7 @@ mod tests {
         let s2 = s.clone();
         let id2 = id.clone();
         tokio::spawn(async move {
-            s2.record(
-                &id2,
-                Event::Provider(ProviderEvent {
-                    provider: "fly".into(),
-                    request: "GET /".into(),
-                    decision: "ok".into(),
-                    added_headers: vec![],
-                    status: Some(200),
-                }),
-            );
+            s2.record(&id2, provider_event());
             s2.finish(&id2);
         });
         let evs = s.wait_finished(&id, Duration::from_secs(5), |_| true).await;

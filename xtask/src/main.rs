@@ -131,8 +131,21 @@ fn dist() -> Result<std::path::PathBuf> {
 /// A `FROM scratch` machine image: the static proxy and the static `ingress-sim` (whose
 /// `machine` command runs the apps and the proxy), tagged for the current commit. Nothing is pulled.
 fn image() -> Result<String> {
+    let t = std::time::Instant::now();
+    let step = |n: u32, what: &str| {
+        eprintln!(
+            "image: [{n}/3] {what} ({:.1} s so far)",
+            t.elapsed().as_secs_f64()
+        )
+    };
+    step(
+        1,
+        "static release build of project-ingress-proxy (cargo shows its progress)",
+    );
     let proxy = dist()?;
+    step(2, "static build of ingress-sim (profile sim-image)");
     let sim = static_build("ingress-sim", "ingress-sim", "sim-image")?;
+    step(3, "docker build of the FROM scratch image");
     let ctx = workspace_root().join("target/image");
     let _ = std::fs::remove_dir_all(&ctx);
     std::fs::create_dir_all(&ctx)?;
@@ -205,8 +218,9 @@ fn image() -> Result<String> {
         .parse()
         .unwrap_or(0);
     println!(
-        "image:   {tag} (also ingress-machine:latest), {:.1} MiB",
-        size as f64 / 1048576.0
+        "image:   {tag} (also ingress-machine:latest), {:.1} MiB, built in {:.1} s",
+        size as f64 / 1048576.0,
+        t.elapsed().as_secs_f64()
     );
     println!(
         "run:     docker run --rm -p 127.0.0.1:0:8080 {tag} --spec-json '<a [[machines]] entry as JSON>'"
