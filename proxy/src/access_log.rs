@@ -79,7 +79,13 @@ pub trait AccessLog: Send + Sync + 'static {
     fn enabled(&self) -> bool {
         true
     }
+
+    /// Writes out whatever the sink has buffered; `serve` calls it once it has drained.
+    fn flush(&self) {}
 }
+
+/// The `tracing` target of access records.
+pub const ACCESS_TARGET: &str = "project_ingress_proxy::access";
 
 /// Writes each record as one `tracing` info event with structured fields.
 #[derive(Debug, Default, Clone, Copy)]
@@ -87,12 +93,12 @@ pub struct TracingAccessLog;
 
 impl AccessLog for TracingAccessLog {
     fn enabled(&self) -> bool {
-        tracing::enabled!(target: "project_ingress_proxy::access", tracing::Level::INFO)
+        tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO)
     }
 
     fn record(&self, r: &RequestRecord) {
         tracing::info!(
-            target: "project_ingress_proxy::access",
+            target: ACCESS_TARGET,
             request_id = %r.request_id,
             method = %r.method,
             path = %r.path,
@@ -133,6 +139,12 @@ impl AccessLog for Tee {
 
     fn enabled(&self) -> bool {
         self.0.iter().any(|s| s.enabled())
+    }
+
+    fn flush(&self) {
+        for s in &self.0 {
+            s.flush();
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! the binary and the simulator use.
 
 pub mod access_log;
+pub mod buffered_log;
 pub mod cause;
 mod chunked;
 pub mod config;

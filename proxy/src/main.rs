@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use std::sync::Arc;
+
+use project_ingress_proxy::buffered_log::{BufferedAccessLog, LineFormat};
 use project_ingress_proxy::{Limits, ProxyConfig, Secret};
 use tokio::net::TcpListener;
 
@@ -102,6 +105,17 @@ struct Args {
         default_value_t = 1
     )]
     worker_threads: usize,
+
+    /// Access-log bytes gathered before one write to stderr (nginx's `access_log … buffer=`); 0
+    /// writes each line at once. Lines are written by a thread of their own: a request never waits
+    /// for the log, and when the log cannot keep up, lines are dropped and the count is logged.
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_ACCESS_LOG_BUFFER", default_value_t = 64 * 1024)]
+    access_log_buffer: usize,
+
+    /// The longest an access-log line waits in the buffer (nginx's `flush=`). SIGTERM/SIGINT write
+    /// out what is left before the process exits.
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_ACCESS_LOG_FLUSH", default_value = "1s", value_parser = parse_duration)]
+    access_log_flush: Duration,
 
     /// Log format.
     #[arg(
@@ -223,6 +237,22 @@ fn run(args: Args) -> anyhow::Result<()> {
         request_id_header: args.request_id_header.clone(),
         ..ProxyConfig::default()
     };
+    let access_log = Arc::new(
+        BufferedAccessLog::new(
+            Box::new(std::io::stderr()),
+            match args.log_format {
+                LogFormat::Text => LineFormat::Text,
+                LogFormat::Json => LineFormat::Json,
+            },
+            args.access_log_buffer,
+            args.access_log_flush,
+        )
+        .context("starting the access-log writer")?,
+    );
+    let config = ProxyConfig {
+        access_log: access_log.clone(),
+        ..config
+    };
     tracing::info!(secret = config.secret.is_some(), "configuration loaded");
     let runtime = match args.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
@@ -245,7 +275,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         project_ingress_proxy::serve(listener, config, shutdown)
             .await
             .context("serving")
-    })
+    })?;
+    // `serve` flushed the log when it had drained; this stops the writer.
+    access_log.close();
+    Ok(())
 }
 
 #[cfg(test)]

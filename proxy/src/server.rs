@@ -116,6 +116,7 @@ where
     // before we return.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tunnels.wait_idle()).await;
     housekeeping.abort();
+    shared.cfg.access_log.flush();
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -491,3 +491,159 @@ async fn sigterm_drain_with_requests_sse_and_websockets() {
         .expect("websocket left open");
     assert!(!matches!(next, Some(Ok(Message::Text(_)))), "{next:?}");
 }
+
+/// Access lines of a log, in order (JSON lines whose target is the access log).
+fn access_paths(logs: &[String]) -> Vec<String> {
+    logs.iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "project_ingress_proxy::access")
+        .map(|v| v["path"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+/// With a buffer larger than the traffic and an hour-long flush interval nothing is written while
+/// the proxy runs; SIGTERM writes every line, in order, before the process exits.
+#[tokio::test]
+async fn buffered_access_log_keeps_every_line_in_order_and_sigterm_flushes() {
+    let (app, _) = start_app().await;
+    let mut p = spawn(
+        &[
+            "--access-log-buffer",
+            "1000000",
+            "--access-log-flush",
+            "60m",
+        ],
+        &[],
+    )
+    .await;
+    let t = format!("localhost:{}", app.port());
+    let mut c = keep_alive_client(p.addr).await;
+    for i in 0..200 {
+        let resp = c
+            .send_request(get(&format!("/n/{i}"), "h", Some(&t)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let _ = body_string(resp).await;
+    }
+    assert!(
+        access_paths(&p.logs()).is_empty(),
+        "written before a flush was due"
+    );
+    drop(c);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).await, 0);
+    let logs = p.logs.clone();
+    wait_until(
+        Duration::from_secs(5),
+        "the stderr reader to finish",
+        || {
+            logs.lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.contains("shutdown complete"))
+        },
+    )
+    .await;
+    let want: Vec<String> = (0..200).map(|i| format!("/n/{i}")).collect();
+    assert_eq!(access_paths(&p.logs()), want);
+}
+
+/// A line waits at most the flush interval.
+#[tokio::test]
+async fn buffered_access_log_flushes_within_its_interval() {
+    let (app, _) = start_app().await;
+    let p = spawn(&["--access-log-flush", "100ms"], &[]).await;
+    let t = format!("localhost:{}", app.port());
+    let resp = send(p.addr, get("/soon", "h", Some(&t))).await;
+    assert_eq!(resp.status(), 200);
+    let logs = p.logs.clone();
+    wait_until(Duration::from_secs(5), "the access line", || {
+        access_paths(&logs.lock().unwrap()) == ["/soon"]
+    })
+    .await;
+}
+
+/// A log nobody reads (stderr a full pipe) never holds requests up: they are all served, the
+/// lines that did not fit are dropped, and the count is logged once the log is read again.
+#[tokio::test]
+async fn a_log_that_cannot_keep_up_drops_lines_not_requests() {
+    let (app, _) = start_app().await;
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--access-log-buffer",
+            "0",
+        ])
+        .env("RUST_LOG", "info")
+        .env_remove("PROJECT_INGRESS_PROXY_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = Vec::new();
+    let addr: SocketAddr = loop {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no listen line");
+        first.push(line.clone());
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && let Some(l) = v.get("listen").and_then(|l| l.as_str())
+        {
+            break l.parse().unwrap();
+        }
+    };
+    // From here nobody reads stderr: the pipe (64 KiB) fills, then the log's own buffer.
+    let t = format!("localhost:{}", app.port());
+    let mut c = keep_alive_client(addr).await;
+    const N: usize = 2000;
+    let served = tokio::time::timeout(Duration::from_secs(60), async {
+        for i in 0..N {
+            let path = format!("/flood/{i}/{}", "x".repeat(200));
+            let resp = c.send_request(get(&path, "h", Some(&t))).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let _ = body_string(resp).await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "requests waited for the log");
+    drop(c);
+    // Read the log again, then stop the proxy.
+    let reader = std::thread::spawn(move || {
+        stderr
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let mut logs = first;
+    logs.extend(reader.join().unwrap());
+    let written = access_paths(&logs).len();
+    let dropped: u64 = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["dropped"].as_u64())
+        .sum();
+    assert!(
+        dropped > 0,
+        "nothing dropped: the test did not fill the log"
+    );
+    assert_eq!(
+        written as u64 + dropped,
+        N as u64,
+        "every line written or counted as dropped"
+    );
+    // The lines that were written are in order.
+    let paths = access_paths(&logs);
+    let idx: Vec<usize> = paths
+        .iter()
+        .filter_map(|p| p.split('/').nth(2).and_then(|n| n.parse().ok()))
+        .collect();
+    assert!(idx.windows(2).all(|w| w[0] < w[1]), "out of order");
+}

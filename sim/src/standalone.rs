@@ -165,6 +165,8 @@ pub async fn run(
     let mut cmd = tokio::process::Command::new(proxy_bin);
     cmd.args(["--listen", &listen.to_string(), "--log-format", "json"])
         .args(["--request-id-header", TRACE_HEADER])
+        // Each access line at once: the machine's events are read from it as they happen.
+        .args(["--access-log-buffer", "0"])
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     if let Some(s) = &spec.proxy_secret {
