@@ -49,6 +49,10 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
+        /// Another project-ingress-proxy binary (say, a release build of an earlier commit) run
+        /// as the target `baseline`, interleaved with the others, for a before/after in one run.
+        #[arg(long, value_name = "BIN")]
+        baseline: Option<std::path::PathBuf>,
     },
     /// (used by `bench`) the bench's upstream server.
     #[command(hide = true)]
@@ -312,8 +316,8 @@ fn main() -> Result<ExitCode> {
             image()?;
             Ok(ExitCode::SUCCESS)
         }
-        Task::Bench { quick } => {
-            bench::run(bench::Opts { quick })?;
+        Task::Bench { quick, baseline } => {
+            bench::run(bench::Opts { quick, baseline })?;
             Ok(ExitCode::SUCCESS)
         }
         Task::BenchUpstream { port } => {
