@@ -43,7 +43,7 @@ pub(crate) use timer::Stop;
 
 use bytes::push_u64;
 use exchange::{Attempt, Exchange, client_gone, exchange};
-use response::Framing;
+use response::{Framing, status_line};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use timer::{Deadline, MovingDeadline};
@@ -392,12 +392,8 @@ impl FastConn {
         let status = err.status();
         let body = error_body(err);
         let out = &mut self.out;
-        out.clear();
-        out.extend_from_slice(b"HTTP/1.1 ");
-        push_u64(out, u64::from(status.as_u16()));
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        status_line(out, status.as_u16(), None);
+        out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
         push_u64(out, body.len() as u64);
         out.extend_from_slice(b"\r\ndate: ");
         crate::date::push(out);

@@ -235,20 +235,26 @@ pub fn request_head(buf: &[u8]) -> Result<Option<(Message, usize)>, Invalid> {
 
 /// Parses a whole request (head and body) at the start of `buf`.
 pub fn request(buf: &[u8]) -> Result<Parse, Invalid> {
-    let Some((mut msg, len)) = request_head(buf)? else {
+    let Some((msg, len)) = request_head(buf)? else {
         return Ok(Parse::Partial);
     };
-    let rest = &buf[len..];
     match framing(&msg.headers)? {
         None => Ok(Parse::Done(msg, len)),
-        Some(Framing::Length(n)) => {
+        Some(f) => body(msg, len, &buf[len..], f),
+    }
+}
+
+/// The message whose head (`len` bytes) is `msg`, with its body framed by `f` read from `rest`.
+fn body(mut msg: Message, len: usize, rest: &[u8], f: Framing) -> Result<Parse, Invalid> {
+    match f {
+        Framing::Length(n) => {
             if rest.len() < n {
                 return Ok(Parse::Partial);
             }
             msg.body = rest[..n].to_vec();
             Ok(Parse::Done(msg, len + n))
         }
-        Some(Framing::Chunked) => match chunked(rest)? {
+        Framing::Chunked => match chunked(rest)? {
             None => Ok(Parse::Partial),
             Some((data, n)) => {
                 msg.body = data;
@@ -272,7 +278,7 @@ pub fn response(buf: &[u8], method: &str) -> Result<Parse, Invalid> {
         Ok(s) if code.len() == 3 && (100..600).contains(&s) => s,
         _ => return Err(Invalid(format!("bad status line {start:?}"))),
     };
-    let mut msg = Message {
+    let msg = Message {
         start: code.to_string(),
         target: reason.unwrap_or("").to_string(),
         headers,
@@ -288,22 +294,8 @@ pub fn response(buf: &[u8], method: &str) -> Result<Parse, Invalid> {
     if method == "HEAD" || status == 204 || status == 304 {
         return Ok(Parse::Done(msg, len));
     }
-    let rest = &buf[len..];
     match framing {
-        Some(Framing::Length(n)) => {
-            if rest.len() < n {
-                return Ok(Parse::Partial);
-            }
-            msg.body = rest[..n].to_vec();
-            Ok(Parse::Done(msg, len + n))
-        }
-        Some(Framing::Chunked) => match chunked(rest)? {
-            None => Ok(Parse::Partial),
-            Some((data, n)) => {
-                msg.body = data;
-                Ok(Parse::Done(msg, len + n))
-            }
-        },
+        Some(f) => body(msg, len, &buf[len..], f),
         None => Ok(Parse::UntilClose(msg, len)),
     }
 }
