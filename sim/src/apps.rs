@@ -37,7 +37,8 @@ pub struct App {
     pub released: watch::Sender<bool>,
     /// Fault: answer every request by dying mid-body.
     pub reset_mid_body: AtomicBool,
-    stop: std::sync::Mutex<Option<watch::Sender<bool>>>,
+    /// While up: the stop signal and the serving task.
+    stop: std::sync::Mutex<Option<(watch::Sender<bool>, tokio::task::JoinHandle<()>)>>,
     /// While down: the port, bound but not listening.
     reservation: std::sync::Mutex<Option<socket2::Socket>>,
     /// An IPv6-only app's port on 127.0.0.1, held bound (refusing) for the app's life.
@@ -116,22 +117,22 @@ impl App {
 
     fn serve(self: &Arc<Self>, listener: TcpListener) {
         let (tx, rx) = watch::channel(false);
-        if let Ok(mut s) = self.stop.lock() {
-            *s = Some(tx);
-        }
         let me = self.clone();
         let handler: Handler = Arc::new(move |req, _peer| {
             let me = me.clone();
             Box::pin(async move { me.handle(req).await })
         });
-        serve_http(listener, handler, rx);
+        let task = serve_http(listener, handler, rx);
+        if let Ok(mut s) = self.stop.lock() {
+            *s = Some((tx, task));
+        }
     }
 
-    /// Stops listening and cuts every connection; the port stays reserved (refusing).
-    pub fn down(&self) {
-        if let Ok(mut s) = self.stop.lock()
-            && let Some(tx) = s.take()
-        {
+    /// Stops listening and cuts every connection, and returns once both are done (a request sent
+    /// after it is refused); the port stays reserved (refusing).
+    pub async fn down(&self) {
+        let running = self.stop.lock().ok().and_then(|mut s| s.take());
+        if let Some((tx, task)) = running {
             match reserve_port(self.addr) {
                 Ok(r) => {
                     if let Ok(mut slot) = self.reservation.lock() {
@@ -143,6 +144,7 @@ impl App {
                 }
             }
             tx.send_replace(true);
+            let _ = task.await;
         }
     }
 
@@ -169,7 +171,7 @@ impl App {
     /// again).
     pub async fn apply(self: &Arc<Self>, fault: AppFault) -> std::io::Result<()> {
         match fault {
-            AppFault::Down => self.down(),
+            AppFault::Down => self.down().await,
             AppFault::Up => self.restore().await?,
             AppFault::ResetMidBody => self.reset_mid_body.store(true, Ordering::Relaxed),
         }

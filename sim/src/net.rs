@@ -319,7 +319,13 @@ pub type Handler = Arc<
 
 /// Serves HTTP/1.1 (with upgrades) on `listener` until `stop` turns true; then every connection is
 /// closed at once (a simulated server that goes away does not drain).
-pub fn serve_http(listener: TcpListener, handler: Handler, mut stop: watch::Receiver<bool>) {
+/// Serves `handler` on `listener` until `stop` turns true. The returned task ends once the
+/// listener is closed and every connection is gone: await it to know the server has stopped.
+pub fn serve_http(
+    listener: TcpListener,
+    handler: Handler,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut conns = tokio::task::JoinSet::new();
         loop {
@@ -345,7 +351,8 @@ pub fn serve_http(listener: TcpListener, handler: Handler, mut stop: watch::Rece
         }
         drop(listener);
         conns.abort_all();
-    });
+        while conns.join_next().await.is_some() {}
+    })
 }
 
 fn socket_for(addr: SocketAddr) -> std::io::Result<socket2::Socket> {

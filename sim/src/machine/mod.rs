@@ -316,7 +316,7 @@ impl Machine {
                 self.unpublish().await;
                 self.proxy_down().await;
                 for a in self.apps.values() {
-                    a.down();
+                    a.down().await;
                 }
                 set(S::Exited);
             }
@@ -414,7 +414,7 @@ impl Machine {
         self.unpublish().await;
         self.proxy_down().await;
         for a in self.apps.values() {
-            a.down();
+            a.down().await;
         }
     }
 }
