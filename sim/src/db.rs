@@ -1,4 +1,4 @@
-//! The platform database as a hop (V4+, docs/behaviour.md §3.9): every query a generation issues
+//! The platform database as a hop (V4+, docs/behaviour.md §3.11): every query a generation issues
 //! goes through [`Database::query`], which records a `db` event (the query's name as the
 //! reference names the function that issues it, its SQL, parameters, the rows returned, the slot
 //! it held and for how long, or its error).

@@ -1,4 +1,4 @@
-//! V6's per-isolate resolution cache (docs/behaviour.md §3.9). The reference gives only its test
+//! V6's per-isolate resolution cache (docs/behaviour.md §3.8). The reference gives only its test
 //! contract (one request, then 100 concurrent identical ones → one project/membership query and
 //! one machine query; `starting` machines never cached); the key and TTL are unknown. Our
 //! reading, chosen to satisfy that contract:

@@ -1,4 +1,4 @@
-//! Custom domains and the project default port (V4+, docs/behaviour.md §3.6–3.8): the shared
+//! Custom domains and the project default port (V4+, docs/behaviour.md §3.6, §3.7, §3.9): the shared
 //! module's pieces as production has them (`parseCustomDomainHostname`,
 //! `isCustomDomainHostname`, `isBlockedCustomDomain`, `SERVICE_ALIASES`, `buildProjectPortUrl`,
 //! `buildMachinePortUrl`) and V5's `getEffectiveTargetHost`. Their example tables are the tests
