@@ -261,18 +261,7 @@ async fn run_concurrent(
     n: usize,
     mut doc: StepDoc,
 ) -> StepDoc {
-    let copies = (0..n).map(|_| {
-        let id = world.trace().next_id();
-        let mut headers = step.headers.clone();
-        headers.push((TRACE_HEADER.to_string(), id.clone()));
-        async move {
-            let mut d = StepDoc::new(step);
-            let _ =
-                tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
-            (id, d)
-        }
-    });
-    let done = futures_util::future::join_all(copies).await;
+    let done = send_copies(world, addr, step, n).await;
     for (id, d) in done {
         let evs = world
             .trace()
@@ -322,6 +311,27 @@ async fn run_concurrent(
     doc
 }
 
+/// Sends `n` copies of an http step at once, each with its own trace id.
+async fn send_copies(
+    world: &World,
+    addr: std::net::SocketAddr,
+    step: &Step,
+    n: usize,
+) -> Vec<(String, StepDoc)> {
+    let copies = (0..n).map(|_| {
+        let id = world.trace().next_id();
+        let mut headers = step.headers.clone();
+        headers.push((TRACE_HEADER.to_string(), id.clone()));
+        async move {
+            let mut d = StepDoc::new(step);
+            let _ =
+                tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
+            (id, d)
+        }
+    });
+    futures_util::future::join_all(copies).await
+}
+
 /// What a burst did, in counts.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct BurstDoc {
@@ -353,18 +363,7 @@ async fn run_burst(
     let db = world.db();
     let before = db.stats();
     db.reset_high_water();
-    let copies = (0..n).map(|_| {
-        let id = world.trace().next_id();
-        let mut headers = step.headers.clone();
-        headers.push((TRACE_HEADER.to_string(), id.clone()));
-        async move {
-            let mut d = StepDoc::new(step);
-            let _ =
-                tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
-            (id, d)
-        }
-    });
-    let done = futures_util::future::join_all(copies).await;
+    let done = send_copies(world, addr, step, n).await;
     let after = db.stats();
     let mut b = BurstDoc {
         requests: n,

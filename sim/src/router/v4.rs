@@ -22,13 +22,13 @@ use http::Request;
 use hyper::body::Incoming;
 
 use super::step::custom_domain::{is_custom_domain_hostname, parse_custom_domain_hostname};
-use super::step::forward::{self, HeaderCopy};
+use super::step::forward::HeaderCopy;
 use super::step::lookup::{self, Db};
 use super::step::resolution::{self, Resolved};
-use super::step::{authz, bridge, canonical, host, hostname, session, transport};
+use super::step::{bridge, canonical, host, session};
 use super::v3::EXCHANGE_TOKEN_PATH;
-use super::{Outcome, RouterCtx, Stop, v2};
-use crate::model::{Code, ParsedTarget, Refusal, TargetKind};
+use super::{Outcome, RouterCtx, Stop, v1, v2, v3};
+use crate::model::{Code, ParsedTarget, TargetKind};
 use crate::platform::SessionRow;
 use crate::trace::RouterEvent;
 
@@ -52,23 +52,11 @@ pub async fn route(
         return custom(ctx, db, req, session, ev, trace_id).await;
     }
     // The standard host: V3's steps.
-    let parsed = hostname::parsed_standard(ev)?;
-    let pq = v2::path_and_query(&req);
-    let canonical = canonical::canonical_v3(&parsed, domain);
-    if let Some(to) = canonical::redirect_unless_canonical(ev, &canonical, &ctx.public.scheme, &pq)
-    {
-        return Ok(Outcome::redirect(to, "not the canonical host"));
-    }
-    if req.uri().path() == EXCHANGE_TOKEN_PATH {
-        session::seen(session, ev);
-        return Ok(Outcome::FallThrough(req));
-    }
-    let Some(session) = session else {
-        session::seen(None, ev);
-        let to = bridge::bridge_redirect_v3(&ctx.public.origin, &canonical, &pq);
-        return Ok(Outcome::redirect(to, "no session: the auth bridge"));
-    };
-    session::seen(Some(session), ev);
+    let (parsed, req, session) =
+        match v3::standard_steps(ctx, req, session, ev, domain, bridge::bridge_redirect_v3)? {
+            v3::Standard::Answered(o) => return Ok(o),
+            v3::Standard::Resolve(p, r, s) => (p, r, s),
+        };
     let r = resolution::resolve(&ctx.platform, db, &parsed, session, true, ev).await?;
     let target = ev.hostname.clone();
     forward_to(ctx, r, req, ev, trace_id, target, false).await
@@ -160,29 +148,10 @@ pub(super) async fn forward_to(
     target: String,
     custom: bool,
 ) -> Result<Outcome, Stop> {
-    let machine = r.machine;
-    let with_machine = |e: Refusal| {
-        if custom {
-            e
-        } else {
-            authz::with_machine(e, &machine)
-        }
+    let how = v1::Forwarding {
+        target,
+        copy: HeaderCopy::Append,
+        show_machine: !custom,
     };
-    let external_id = authz::external_id(&machine)?;
-    let url = transport::machine_url(
-        &ctx.transport,
-        machine.spec,
-        external_id,
-        &req,
-        trace_id,
-        ev,
-    )
-    .await
-    .map_err(with_machine)?;
-    ev.target_header = Some(target.clone());
-    let net = &ctx.transport.net;
-    let resp = forward::forward_copying(net, req, ev, url, &target, trace_id, HeaderCopy::Append)
-        .await
-        .map_err(with_machine)?;
-    Ok(Outcome::Forward(resp))
+    Ok(v1::forward_machine(ctx, r.machine, req, ev, trace_id, how).await?)
 }

@@ -32,9 +32,9 @@ use super::step::custom_domain::{
 };
 use super::step::lookup::{self, Db};
 use super::step::resolution::{self, Resolved};
-use super::step::{canonical, host, hostname, session};
+use super::step::{canonical, host, session};
 use super::v3::EXCHANGE_TOKEN_PATH;
-use super::{Handoff, Outcome, RouterCtx, Stop, v2, v4};
+use super::{Handoff, Outcome, RouterCtx, Stop, v2, v3, v4};
 use crate::model::{Code, ParsedTarget, TargetKind};
 use crate::platform::SessionRow;
 use crate::trace::RouterEvent;
@@ -72,25 +72,11 @@ pub(super) async fn steps(
     if !canonical::is_project_ingress_hostname(&ev.hostname, domain) {
         return custom(ctx, db, req, session, handoff, cache, ev, trace_id).await;
     }
-    let parsed = hostname::parsed_standard(ev)?;
-    let pq = v2::path_and_query(&req);
-    let canonical = canonical::canonical_v3(&parsed, domain);
-    if let Some(to) = canonical::redirect_unless_canonical(ev, &canonical, &ctx.public.scheme, &pq)
-    {
-        return Ok(Outcome::redirect(to, "not the canonical host"));
-    }
-    if req.uri().path() == EXCHANGE_TOKEN_PATH {
-        session::seen(session, ev);
-        return Ok(Outcome::FallThrough(req));
-    }
-    let Some(session) = session else {
-        session::seen(None, ev);
-        return Ok(Outcome::redirect(
-            bridge_redirect(&ctx.public.origin, &canonical, &pq),
-            "no session: the auth bridge",
-        ));
-    };
-    session::seen(Some(session), ev);
+    let (parsed, req, session) =
+        match v3::standard_steps(ctx, req, session, ev, domain, bridge_redirect)? {
+            v3::Standard::Answered(o) => return Ok(o),
+            v3::Standard::Resolve(p, r, s) => (p, r, s),
+        };
     let r = resolve(ctx, db, cache, &parsed, session, ev).await?;
     let target = effective(ev, &parsed, false, &r);
     v4::forward_to(ctx, r, req, ev, trace_id, target, false).await
