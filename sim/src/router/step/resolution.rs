@@ -4,10 +4,10 @@
 
 use serde_json::json;
 
-use super::authz::ROUTABLE_STATES;
+use super::authz::{self, ROUTABLE_STATES};
 use super::lookup::{self, Db};
 use super::resolve::record;
-use crate::model::{Code, MachineState, ParsedTarget, Refusal, Role, TargetKind};
+use crate::model::{Code, MachineState, ParsedTarget, Refusal, TargetKind};
 use crate::platform::{MachineRow, Platform, SessionRow};
 use crate::router::Stop;
 use crate::router::cache::{Cached, How, Miss, ResolutionCache, TTL_S};
@@ -17,24 +17,6 @@ use crate::trace::RouterEvent;
 pub struct Resolved<'p> {
     pub machine: MachineRow<'p>,
     pub default_port: Option<u16>,
-}
-
-fn authorization(
-    session: &SessionRow,
-    org: Option<&str>,
-    member: bool,
-    ev: &mut RouterEvent,
-) -> bool {
-    let user = &session.user;
-    let org = org.unwrap_or("(no organization)");
-    ev.authorization = Some(if member {
-        format!("{} is a member of {org}", user.id)
-    } else if user.role == Role::Admin {
-        format!("{} is not a member of {org} but an admin", user.id)
-    } else {
-        format!("{} is not a member of {org}", user.id)
-    });
-    member || user.role == Role::Admin
 }
 
 /// Project → `getProjectWithMembership` (`404 project_not_found`, `403 forbidden`), then
@@ -60,7 +42,7 @@ pub async fn resolve<'p>(
                 .into());
             };
             let org = pa.project.organization.as_deref();
-            if !authorization(session, org, pa.member, ev) {
+            if !authz::decide(session, org, pa.member, ev) {
                 return Err(
                     Refusal::resolution(Code::Forbidden, json!({"projectFound": true})).into(),
                 );
@@ -95,7 +77,7 @@ pub async fn resolve<'p>(
             record(&row, ev);
             let state = ma.state.as_str();
             let org = ma.project.organization.as_deref();
-            if !authorization(session, org, ma.member, ev) {
+            if !authz::decide(session, org, ma.member, ev) {
                 return Err(Refusal::resolution(
                     Code::Forbidden,
                     json!({"projectFound": null, "machineExists": true, "machineState": state}),
