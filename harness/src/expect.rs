@@ -192,6 +192,28 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
             out.push(format!("statuses: expected {:?}, got {got:?}", e.statuses));
         }
     }
+    if !e.status_counts.is_empty() {
+        let got: std::collections::BTreeMap<String, u64> = doc
+            .burst
+            .iter()
+            .flat_map(|b| b.statuses.iter().map(|(s, n)| (s.to_string(), *n)))
+            .collect();
+        if got != e.status_counts {
+            out.push(format!(
+                "status_counts: expected {:?}, got {got:?}",
+                e.status_counts
+            ));
+        }
+    }
+    if !e.db_queries.is_empty() {
+        let got = doc.burst.as_ref().map(|b| b.db_queries.clone());
+        if got.as_ref() != Some(&e.db_queries) {
+            out.push(format!(
+                "db_queries: expected {:?}, got {got:?}",
+                e.db_queries
+            ));
+        }
+    }
     out
 }
 

@@ -263,6 +263,36 @@ pub fn note_lines(hop: &str, o: &Map<String, Value>) -> Vec<String> {
                 push(d.into());
             }
         }
+        "db" => {
+            let params: Vec<&str> = o
+                .get("params")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            push(format!(
+                "{}({}) from {}",
+                s(o, "query").unwrap_or("?"),
+                params.join(", "),
+                s(o, "caller").unwrap_or("?")
+            ));
+            match s(o, "error") {
+                Some(e) => push(format!("error: {e}")),
+                None => {
+                    let rows = o.get("rows").and_then(Value::as_array);
+                    push(format!("{} rows", rows.map_or(0, Vec::len)));
+                    for r in rows.into_iter().flatten().filter_map(Value::as_str) {
+                        push(r.into());
+                    }
+                }
+            }
+            push(format!(
+                "slots {}, {} ms",
+                s(o, "slots").unwrap_or("?"),
+                n(o, "took_ms").unwrap_or(0)
+            ));
+        }
         "machine" => {
             let port = match (n(o, "target_port"), s(o, "target_form")) {
                 (Some(p), Some(f)) => format!("port {p} ({f})"),
@@ -436,6 +466,22 @@ impl Builder<'_> {
             let Some(o) = h.as_object() else { continue };
             let hop = s(o, "hop").unwrap_or("hop");
             let lane = self.hop_lane(hop, o);
+            if hop == "db" {
+                // A query is a call from the hop before, not a step of the chain: its arrow
+                // carries the query, and the chain goes on from that hop.
+                let label = s(o, "query").unwrap_or("query");
+                self.arrow(prev, lane, label, ArrowKind::Request);
+                let lines = note_lines(hop, o)
+                    .iter()
+                    .flat_map(|x| wrap(x, NOTE_COLUMNS))
+                    .collect();
+                self.d.items.push(Item::Note {
+                    over: lane,
+                    lines,
+                    refused: s(o, "error").is_some(),
+                });
+                continue;
+            }
             let got = received(hop, o, &line);
             if lane != prev {
                 let label = if prev == client { entry } else { got.as_str() };

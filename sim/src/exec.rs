@@ -1,6 +1,7 @@
 //! Runs one scenario step in a world and returns its trace document: the request, the faults,
 //! every hop's decisions (in chain order), and the response, redacted to stable tokens.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -79,6 +80,9 @@ pub struct StepDoc {
     /// A `concurrent` step's copies, sorted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub concurrent: Vec<CopyDoc>,
+    /// A `burst` step's counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub burst: Option<BurstDoc>,
     /// A failure of the step itself (connection error, hang), not of the chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_error: Option<String>,
@@ -120,6 +124,7 @@ impl StepDoc {
             sse: None,
             browser: None,
             concurrent: vec![],
+            burst: None,
             client_error: None,
         }
     }
@@ -180,6 +185,11 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
         doc.request.via = format!("edge, {n} copies at once");
         return run_concurrent(world, addr, step, n, doc).await;
     }
+    if step.kind == StepKind::Burst {
+        let n = step.count.unwrap_or(2);
+        doc.request.via = format!("edge, a burst of {n} at once");
+        return run_burst(world, addr, step, n, doc).await;
+    }
     if step.kind == StepKind::Browser {
         doc.request.via = "browser".into();
         let run = crate::browser::run(world, step);
@@ -216,7 +226,7 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
             StepKind::Sse => run_sse(world, addr, step, &headers, &mut doc).await,
             StepKind::Websocket => run_ws(addr, step, &headers, &mut doc).await,
             // Handled above.
-            StepKind::Browser => {}
+            StepKind::Browser | StepKind::Burst => {}
         }
     };
     if tokio::time::timeout(STEP_TIMEOUT, run).await.is_err() {
@@ -251,18 +261,7 @@ async fn run_concurrent(
     n: usize,
     mut doc: StepDoc,
 ) -> StepDoc {
-    let copies = (0..n).map(|_| {
-        let id = world.trace().next_id();
-        let mut headers = step.headers.clone();
-        headers.push((TRACE_HEADER.to_string(), id.clone()));
-        async move {
-            let mut d = StepDoc::new(step);
-            let _ =
-                tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
-            (id, d)
-        }
-    });
-    let done = futures_util::future::join_all(copies).await;
+    let done = send_copies(world, addr, step, n).await;
     for (id, d) in done {
         let evs = world
             .trace()
@@ -310,6 +309,116 @@ async fn run_concurrent(
     doc.concurrent
         .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     doc
+}
+
+/// Sends `n` copies of an http step at once, each with its own trace id.
+async fn send_copies(
+    world: &World,
+    addr: std::net::SocketAddr,
+    step: &Step,
+    n: usize,
+) -> Vec<(String, StepDoc)> {
+    let copies = (0..n).map(|_| {
+        let id = world.trace().next_id();
+        let mut headers = step.headers.clone();
+        headers.push((TRACE_HEADER.to_string(), id.clone()));
+        async move {
+            let mut d = StepDoc::new(step);
+            let _ =
+                tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
+            (id, d)
+        }
+    });
+    futures_util::future::join_all(copies).await
+}
+
+/// What a burst did, in counts.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BurstDoc {
+    pub requests: usize,
+    /// Status → how many requests got it.
+    pub statuses: BTreeMap<u16, u64>,
+    /// The router's outcome (with its error) → how many.
+    pub router_outcomes: BTreeMap<String, u64>,
+    /// The database during the burst: queries run by name, failures by error, the most slots in
+    /// use at once, of those open to the application.
+    pub db_queries: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub db_failures: BTreeMap<String, u64>,
+    pub slots_high_water: u32,
+    pub usable_slots: u32,
+    /// V6: what the resolution cache answered, by kind (`hit`, `miss … stored`…).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub cache: BTreeMap<String, u64>,
+}
+
+/// Sends `n` copies of an http step at once and counts what happened.
+async fn run_burst(
+    world: &World,
+    addr: std::net::SocketAddr,
+    step: &Step,
+    n: usize,
+    mut doc: StepDoc,
+) -> StepDoc {
+    let db = world.db();
+    let before = db.stats();
+    db.reset_high_water();
+    let done = send_copies(world, addr, step, n).await;
+    let after = db.stats();
+    let mut b = BurstDoc {
+        requests: n,
+        statuses: BTreeMap::new(),
+        router_outcomes: BTreeMap::new(),
+        db_queries: diff(&after.queries, &before.queries),
+        db_failures: diff(&after.failures, &before.failures),
+        slots_high_water: after.slots_high_water,
+        usable_slots: db.usable_slots(),
+        cache: BTreeMap::new(),
+    };
+    for (id, d) in done {
+        let evs = world
+            .trace()
+            .wait_finished(&id, REPLY_TIMEOUT, |_| true)
+            .await;
+        for e in evs {
+            if let Event::Router(r) = e {
+                let o = match &r.error {
+                    Some(err) => format!("{} {} ({err})", r.status, r.outcome),
+                    None => format!("{} {}", r.status, r.outcome),
+                };
+                *b.router_outcomes.entry(o).or_default() += 1;
+                for c in &r.cache {
+                    // `hit: key (…)` / `miss: key → …`: the kind and what followed the key.
+                    let kind = c.split(':').next().unwrap_or("");
+                    let tail = c
+                        .split(" → ")
+                        .nth(1)
+                        .map(|t| t.split(',').next().unwrap_or(t));
+                    let label = match tail {
+                        Some(t) => format!("{kind} → {t}"),
+                        None => kind.to_string(),
+                    };
+                    *b.cache.entry(label).or_default() += 1;
+                }
+            }
+        }
+        match d.response {
+            Some(r) => *b.statuses.entry(r.status).or_default() += 1,
+            None => doc.client_error = d.client_error,
+        }
+    }
+    doc.burst = Some(b);
+    doc
+}
+
+fn diff(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v - before.get(k).copied().unwrap_or(0);
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
 }
 
 /// Values that change on every run by design (the WebSocket handshake key is random).

@@ -9,6 +9,7 @@ pub mod apps;
 pub mod browser;
 pub mod client;
 pub mod control_plane;
+pub mod db;
 pub mod diagram;
 pub mod edge;
 pub mod exec;

@@ -265,6 +265,7 @@ fn build_step(r: &RequestArgs) -> Result<Step> {
         close_code: None,
         release: None,
         concurrent: None,
+        count: None,
         as_user: None,
         login: None,
         max_navigations: None,

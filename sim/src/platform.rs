@@ -199,6 +199,30 @@ impl Platform {
         }
     }
 
+    /// Every project, in world-file order (the database's `project` table).
+    pub fn projects(&self) -> &[ProjectSpec] {
+        &self.projects
+    }
+
+    /// The machines' records, in world-file order, with their states now.
+    pub fn machines(&self) -> Vec<MachineRow<'_>> {
+        self.machines
+            .iter()
+            .filter_map(|spec| {
+                Some(MachineRow {
+                    spec,
+                    state: self.machine_state(&spec.id)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A machine's record as it was read earlier (a cached row): its spec with that state.
+    pub fn machine_as(&self, id: &str, state: MachineState) -> Option<MachineRow<'_>> {
+        let spec = self.machines.iter().find(|m| m.id == id)?;
+        Some(MachineRow { spec, state })
+    }
+
     /// The project with this slug.
     pub fn project(&self, slug: &str) -> Option<&ProjectSpec> {
         self.projects.iter().find(|p| p.slug == slug)

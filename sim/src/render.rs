@@ -140,6 +140,15 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
                 if let Some(a) = &r.authorization {
                     let _ = writeln!(o, "  {:9} {a}", "");
                 }
+                if let Some(c) = &r.custom_domain {
+                    let _ = writeln!(o, "  {:9} custom domain {c}", "");
+                }
+                for c in &r.cache {
+                    let _ = writeln!(o, "  {:9} cache {c}", "");
+                }
+                for n in &r.notes {
+                    let _ = writeln!(o, "  {:9} note: {n}", "");
+                }
                 if let Some(m) = &r.machine {
                     let _ = writeln!(
                         o,
@@ -151,6 +160,9 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
                         m.provider,
                         m.external_id.as_deref().unwrap_or("none")
                     );
+                }
+                if let Some(p) = &r.effective_port {
+                    let _ = writeln!(o, "  {:9} effective port {p}", "");
                 }
                 if let Some(u) = &r.provider_url {
                     let _ = writeln!(
@@ -199,6 +211,9 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
                     w.ingress,
                     w.handled_by
                 );
+                if let Some(i) = &w.isolate {
+                    let _ = writeln!(o, "  {:9} isolate {i}", "");
+                }
             }
             Event::ControlPlane(c) => {
                 let _ = writeln!(
@@ -224,6 +239,36 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
                     outcome
                 };
                 let _ = writeln!(o, "  {:9} {outcome}", "");
+            }
+            Event::Db(d) => {
+                let params = if d.params.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", d.params)
+                };
+                let _ = writeln!(
+                    o,
+                    "  {} {}{params} from {} ({} ms, slots {})",
+                    style.hop("db"),
+                    d.query,
+                    d.caller,
+                    d.took_ms,
+                    d.slots
+                );
+                let _ = writeln!(o, "  {:9} {}", "", style.dim(&d.sql));
+                match &d.error {
+                    Some(e) => {
+                        let _ = writeln!(o, "  {:9} {}", "", style.bad(&format!("error: {e}")));
+                    }
+                    None if d.rows.is_empty() => {
+                        let _ = writeln!(o, "  {:9} 0 rows", "");
+                    }
+                    None => {
+                        for r in &d.rows {
+                            let _ = writeln!(o, "  {:9} row: {r}", "");
+                        }
+                    }
+                }
             }
             Event::Provider(p) => {
                 let st = p.status.map(|s| format!(" [{s}]")).unwrap_or_default();

@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::control_plane::ControlPlaneCtx;
+use crate::db::Database;
 use crate::edge::EdgeCtx;
 use crate::machine::{Machine, RemoteMachine};
 use crate::model::{Fault, FaultError, FaultOwner, Generation, ProviderKind};
@@ -21,6 +23,7 @@ use crate::providers::docker::{DockerEngine, ENGINE_HOST, EngineEndpoint, Engine
 use crate::providers::fly::{FLY_BASE_DOMAIN, FlyEdge};
 use crate::route_pattern::RoutePattern;
 use crate::router::RouterCtx;
+use crate::router::cache::ResolutionCache;
 use crate::router::step::canonical::{normalize_host, public_origin};
 use crate::router::step::matchers::parse_matchers;
 use crate::router::step::transport::Transport;
@@ -83,6 +86,7 @@ pub struct World {
     spec: WorldSpec,
     trace: Arc<TraceStore>,
     platform: Arc<Platform>,
+    db: Arc<Database>,
     /// In world-file order.
     machines: Vec<Arc<Machine>>,
     docker: Arc<DockerEngine>,
@@ -176,6 +180,7 @@ impl World {
             spec.machines.clone(),
             accounts,
         ));
+        let db = Arc::new(Database::new(platform.clone(), spec.db, trace.clone()));
         let public = public_origin(spec.env.public_url()).map_err(|message| StartError::Env {
             world: world.clone(),
             message: format!("VITE_PUBLIC_URL: {message}"),
@@ -212,6 +217,11 @@ impl World {
             ingress_domain: ingress_domain.clone(),
             public: public.clone(),
             platform: platform.clone(),
+            db: db.clone(),
+            isolates: (0..spec.os.isolates.max(1))
+                .map(|_| ResolutionCache::default())
+                .collect(),
+            served: AtomicUsize::new(0),
             transport: Transport {
                 net: net.clone(),
                 engine,
@@ -223,6 +233,7 @@ impl World {
             generation,
             public: public.clone(),
             platform: platform.clone(),
+            db: db.clone(),
             matchers,
             canonical_host: spec.env.canonical_host.clone(),
             ingress_domain,
@@ -283,6 +294,7 @@ impl World {
             spec,
             trace,
             platform,
+            db,
             machines,
             docker,
             fly,
@@ -301,6 +313,11 @@ impl World {
     /// The platform's records (a browser step signs its user in through them).
     pub fn platform(&self) -> &Arc<Platform> {
         &self.platform
+    }
+
+    /// The platform database (a burst step reads its counters).
+    pub fn db(&self) -> &Arc<Database> {
+        &self.db
     }
 
     pub fn spec(&self) -> &WorldSpec {
@@ -335,6 +352,7 @@ impl World {
             FaultOwner::DockerEngine { machine, fault } => self.docker.apply(machine, fault),
             FaultOwner::Platform { machine, state } => self.platform.set_state(machine, state)?,
             FaultOwner::Clock { advance_s } => self.platform.advance_clock(advance_s),
+            FaultOwner::Database(fault) => self.db.apply(fault),
             FaultOwner::Machine { machine: id, fault } => machine(id)?.apply(f, fault).await?,
         }
         Ok(())

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! Step kinds: `http` (default), `websocket` (`send`, `expect.messages`, `close_code`), `sse`
-//! (`release = "mach_123:3002"` releases a gated SSE app after the first event; `expect.events`).
+//! (`release = "mach_123:3002"` releases a gated SSE app after the first event; `expect.events`),
+//! `browser`, `burst` (`count` identical requests at once; `expect.status_counts`,
+//! `expect.db_queries`).
 //! `direct = "mach_123"` sends the request straight to that machine's :8080 instead of the edge.
 
 use std::collections::BTreeMap;
@@ -23,6 +25,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Fault;
+
+/// The most requests a burst sends (all at once, on loopback).
+pub const MAX_BURST: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -33,6 +38,9 @@ pub enum StepKind {
     Sse,
     /// A user's browser: navigations with a cookie jar, following redirects (`crate::browser`).
     Browser,
+    /// `count` identical http requests at once; the document keeps the counts (statuses, router
+    /// outcomes, database queries and failures, the slots' high-water mark), not each copy.
+    Burst,
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -93,6 +101,12 @@ pub struct Expect {
     /// `concurrent`: the copies' statuses, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<u16>,
+    /// `burst`: how many requests got each status (`{ "200" = 20 }`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub status_counts: BTreeMap<String, u64>,
+    /// `burst`: how many times each database query ran during the burst.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub db_queries: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,6 +141,9 @@ pub struct Step {
     /// answer, sorted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrent: Option<usize>,
+    /// Burst: how many identical requests to send at once (2..=200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
     /// Browser: start signed in as this user at the control plane.
     #[serde(rename = "as", default, skip_serializing_if = "Option::is_none")]
     pub as_user: Option<String>,
@@ -214,6 +231,18 @@ impl Scenario {
                     }
                 }
                 StepKind::Sse => {}
+                StepKind::Burst => {
+                    if !matches!(st.count, Some(2..=MAX_BURST)) {
+                        return Err(format!(
+                            "steps[{i}].count: a burst sends 2..={MAX_BURST} requests"
+                        ));
+                    }
+                    if st.direct.is_some() || st.concurrent.is_some() {
+                        return Err(format!(
+                            "steps[{i}]: a burst goes through the edge (no `direct`, no `concurrent`)"
+                        ));
+                    }
+                }
                 StepKind::Browser => {
                     if st.direct.is_some() || !st.send.is_empty() {
                         return Err(format!(
@@ -238,6 +267,14 @@ impl Scenario {
             {
                 return Err(format!(
                     "steps[{i}].concurrent: 2..=64 copies of an http step"
+                ));
+            }
+            let burst_only = st.count.is_some()
+                || !st.expect.status_counts.is_empty()
+                || !st.expect.db_queries.is_empty();
+            if burst_only && st.kind != StepKind::Burst {
+                return Err(format!(
+                    "steps[{i}]: `count` and `expect.status_counts|db_queries` need kind = \"burst\""
                 ));
             }
             if st.release.is_some() && st.kind != StepKind::Sse {

@@ -91,8 +91,20 @@ pub struct RouterEvent {
     /// V1+: the membership check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authorization: Option<String>,
+    /// V4+: the custom domain whose project the host is under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub custom_domain: Option<String>,
+    /// V6: the resolution cache's answer (hit, miss, waited for an in-flight lookup, not stored).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<String>,
+    /// V4+: why a step decided as it did where the outcome alone does not say (B1, B2).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachineRef>,
+    /// V5+: the project's `defaultPort` and the port the target header means.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_port: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,7 +138,11 @@ impl RouterEvent {
             canonical_host: None,
             user: None,
             authorization: None,
+            custom_domain: None,
+            cache: vec![],
+            notes: vec![],
             machine: None,
+            effective_port: None,
             provider_url: None,
             target_header: None,
             forwarded_headers: vec![],
@@ -153,6 +169,29 @@ pub struct WorkerEvent {
     /// `ingress router`, `control plane`, or `ingress router, then control plane` (it fell
     /// through).
     pub handled_by: String,
+    /// V6: the isolate that served the request (`1 of 2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolate: Option<String>,
+}
+
+/// One query to the platform database (V4+, `crate::db`): which query, its SQL and parameters,
+/// what it returned, how long it held its connection slot, or the error it failed with.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DbEvent {
+    /// The query's name (`getProjectByCustomDomain`…) and the function that issues it.
+    pub query: String,
+    pub caller: String,
+    pub sql: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
+    /// The rows returned, one line each.
+    pub rows: Vec<String>,
+    /// The connection slots in use while it ran, of those open to non-superusers.
+    pub slots: String,
+    /// How long it held its slot (the world's `[db] latency_ms`).
+    pub took_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The control plane (the OS worker's own routes and app): what it decided.
@@ -266,6 +305,7 @@ pub enum Event {
     Worker(WorkerEvent),
     Router(Box<RouterEvent>),
     ControlPlane(Box<ControlPlaneEvent>),
+    Db(Box<DbEvent>),
     Provider(ProviderEvent),
     Machine(MachineEvent),
     App(AppEvent),
@@ -278,6 +318,7 @@ impl Event {
             Event::Worker(_) => "worker",
             Event::Router(_) => "router",
             Event::ControlPlane(_) => "control_plane",
+            Event::Db(_) => "db",
             Event::Provider(_) => "provider",
             Event::Machine(_) => "machine",
             Event::App(_) => "app",
@@ -318,6 +359,16 @@ impl Event {
             Event::ControlPlane(c) => format!(
                 "{} {}{} [{}] user={} → {} {}",
                 c.method, c.host, c.path, c.route, c.user, c.status, c.outcome
+            ),
+            Event::Db(d) => format!(
+                "{} {:?} → {} rows{}",
+                d.query,
+                d.params,
+                d.rows.len(),
+                d.error
+                    .as_ref()
+                    .map(|e| format!(" error: {e}"))
+                    .unwrap_or_default()
             ),
             Event::Provider(p) => format!("{} {} → {}", p.provider, p.request, p.decision),
             Event::Machine(m) => format!(
@@ -508,15 +559,16 @@ fn hop_rank(e: &Event) -> u8 {
         Event::Edge(_) => 0,
         Event::Worker(_) => 1,
         Event::Router(_) => 2,
-        Event::ControlPlane(_) => 3,
-        Event::Provider(_) => 4,
-        Event::Machine(_) => 5,
-        Event::App(_) => 6,
+        Event::Db(_) => 3,
+        Event::ControlPlane(_) => 4,
+        Event::Provider(_) => 5,
+        Event::Machine(_) => 6,
+        Event::App(_) => 7,
     }
 }
 
-/// Chain order: edge, worker, router, control plane, provider(s), machine, app; record order
-/// within a hop.
+/// Chain order: edge, worker, router, database (the queries of the worker and the router), control
+/// plane, provider(s), machine, app; record order within a hop.
 pub fn chain_order(mut events: Vec<Event>) -> Vec<Event> {
     events.sort_by_key(hop_rank);
     events

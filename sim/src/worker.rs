@@ -22,12 +22,16 @@ use hyper::body::Incoming;
 use tower::ServiceExt;
 
 use crate::control_plane::{Caller, cookies};
+use crate::db::DbError;
 use crate::model::Generation;
+use crate::model::ProjectSpec;
 use crate::net::{BoxBody, BoxError, text_response};
 use crate::platform::{Platform, SessionRow};
 use crate::router::step::canonical::{PublicOrigin, is_project_ingress_hostname};
+use crate::router::step::custom_domain::is_custom_domain_hostname;
 use crate::router::step::host::request_host;
-use crate::router::{Routed, RouterCtx};
+use crate::router::step::lookup::{self, Db};
+use crate::router::{Handoff, Routed, RouterCtx};
 use crate::trace::{Event, TRACE_HEADER, TraceStore, WorkerEvent};
 
 /// What the worker reads.
@@ -55,17 +59,51 @@ pub async fn handle(
     let (host, source) = request_host(req.headers());
     // 1. Session.
     let (session, seen) = session(&ctx, req.headers());
+    // V6: the isolate serving the request.
+    let isolate = ctx.router.next_isolate();
+    let isolate_shown = (ctx.router.generation >= Generation::V6)
+        .then(|| format!("{} of {}", isolate + 1, ctx.router.isolates.len()));
     // 2. Ingress?
-    let (ingress, why) = should_handle(&ctx.router, &host);
+    let decided = if ctx.router.generation >= Generation::V4 {
+        should_handle_v4(&ctx.router, &host, trace_id.as_deref()).await
+    } else {
+        let (ingress, why) = should_handle(&ctx.router, &host);
+        Ok((ingress, why, None))
+    };
+    let (ingress, why, custom_project) = match decided {
+        Ok(d) => d,
+        Err(e) => {
+            // The query threw in the middleware: the worker's error handler answers (our
+            // reading: Hono's default).
+            let ev = WorkerEvent {
+                host,
+                host_source: source.into(),
+                session: seen,
+                ingress: format!("shouldHandleProjectIngressHostname threw: {e}"),
+                handled_by: "error handler: 500 Internal Server Error".into(),
+                isolate: isolate_shown,
+            };
+            record(&ctx, &trace_id, ev);
+            return text_response(
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal Server Error",
+            );
+        }
+    };
     let mut ev = WorkerEvent {
         host: host.clone(),
         host_source: source.into(),
         session: seen,
         ingress: why,
         handled_by: String::new(),
+        isolate: isolate_shown,
     };
     if ingress {
-        match crate::router::route(&ctx.router, req, session.as_ref()).await {
+        let handoff = Handoff {
+            custom_project,
+            isolate,
+        };
+        match crate::router::route_with(&ctx.router, req, session.as_ref(), handoff).await {
             Routed::Answered(resp) => {
                 ev.handled_by = "ingress router".into();
                 record(&ctx, &trace_id, ev);
@@ -128,15 +166,86 @@ fn should_handle(router: &RouterCtx, host: &str) -> (bool, String) {
                 ),
             }
         }
-        Generation::V3 => match router.ingress_domain.as_deref() {
-            Some(d) if is_project_ingress_hostname(host, d) => {
-                (true, format!("ingress host (*.{d})"))
+        Generation::V3 | Generation::V4 | Generation::V5 | Generation::V6 => {
+            match router.ingress_domain.as_deref() {
+                Some(d) if is_project_ingress_hostname(host, d) => {
+                    (true, format!("ingress host (*.{d})"))
+                }
+                Some(d) => (false, format!("not an ingress host (not under {d})")),
+                None => (
+                    true,
+                    "no PROJECT_INGRESS_DOMAIN: the ingress handler decides".into(),
+                ),
             }
-            Some(d) => (false, format!("not an ingress host (not under {d})")),
-            None => (
-                true,
-                "no PROJECT_INGRESS_DOMAIN: the ingress handler decides".into(),
-            ),
-        },
+        }
     }
+}
+
+/// `shouldHandleProjectIngressHostname`, V4+ (async: it may query the database). A standard host
+/// is handled at once. V4: every custom-domain project is loaded and the first whose domain
+/// covers the host wins, on every request, the control-plane host included (B4). V5+: the
+/// control-plane host (`VITE_PUBLIC_URL`'s) is never an ingress host, without a query; any other
+/// host is one query, the longest custom domain first, whose project is handed on.
+async fn should_handle_v4(
+    router: &RouterCtx,
+    host: &str,
+    trace_id: Option<&str>,
+) -> Result<(bool, String, Option<ProjectSpec>), DbError> {
+    let (standard, why) = should_handle(router, host);
+    if standard || router.ingress_domain.is_none() {
+        return Ok((standard, why, None));
+    }
+    let db = Db {
+        db: &router.db,
+        trace_id,
+    };
+    if router.generation == Generation::V4 {
+        let projects =
+            lookup::projects_with_custom_domain(db, "shouldHandleProjectIngressHostname (V4)")
+                .await?;
+        let hit = projects.into_iter().find(|p| {
+            p.custom_domain
+                .as_deref()
+                .is_some_and(|d| is_custom_domain_hostname(host, d))
+        });
+        return Ok(match hit {
+            Some(p) => (
+                true,
+                format!(
+                    "custom domain {} (project {}, first match of the scan)",
+                    p.custom_domain.as_deref().unwrap_or(""),
+                    p.slug
+                ),
+                None,
+            ),
+            None => (
+                false,
+                format!("{why}, and no custom domain covers it"),
+                None,
+            ),
+        });
+    }
+    if host == router.public.host {
+        return Ok((
+            false,
+            "the control-plane host (VITE_PUBLIC_URL): no query".into(),
+            None,
+        ));
+    }
+    Ok(match lookup::project_by_custom_domain(db, host).await? {
+        Some(p) => (
+            true,
+            format!(
+                "custom domain {} (project {})",
+                p.custom_domain.as_deref().unwrap_or(""),
+                p.slug
+            ),
+            Some(p),
+        ),
+        None => (
+            false,
+            format!("{why}, and no custom domain covers it"),
+            None,
+        ),
+    })
 }

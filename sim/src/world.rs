@@ -83,6 +83,38 @@ pub struct WorldSpec {
     pub edge: EdgeSpec,
     #[serde(default)]
     pub auth: AuthSpec,
+    /// The OS worker's runtime (V6: its isolates).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub os: OsSpec,
+    /// The platform database (V4+ query it).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub db: crate::db::DbSpec,
+}
+
+fn is_default<T: Default + PartialEq>(t: &T) -> bool {
+    *t == T::default()
+}
+
+/// The OS worker's runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsSpec {
+    /// How many isolates serve the worker's requests (each with its own V6 cache); requests
+    /// reach them round robin.
+    #[serde(default = "OsSpec::one")]
+    pub isolates: u32,
+}
+
+impl OsSpec {
+    fn one() -> u32 {
+        1
+    }
+}
+
+impl Default for OsSpec {
+    fn default() -> Self {
+        OsSpec { isolates: 1 }
+    }
 }
 
 /// The edge's own settings.
@@ -137,6 +169,18 @@ impl WorldSpec {
                 self.router
             ));
         }
+        if !(1..=64).contains(&self.os.isolates) {
+            return Err(format!(
+                "os.isolates: {} (1..=64 isolates)",
+                self.os.isolates
+            ));
+        }
+        if self.db.superuser_reserved_connections >= self.db.max_connections {
+            return Err(format!(
+                "db.superuser_reserved_connections: {} must be below max_connections ({}), as Postgres requires",
+                self.db.superuser_reserved_connections, self.db.max_connections
+            ));
+        }
         if let Some(u) = &self.env.public_url {
             crate::router::step::canonical::public_origin(u)
                 .map_err(|e| format!("env.VITE_PUBLIC_URL: {e}"))?;
@@ -171,6 +215,24 @@ impl WorldSpec {
                 return Err(format!(
                     "projects[{i}].organization: unknown organization {o:?}"
                 ));
+            }
+        }
+        let mut domains = BTreeMap::new();
+        for (i, p) in self.projects.iter().enumerate() {
+            if let Some(d) = &p.custom_domain {
+                if d.is_empty() || d.contains(['/', ':', '*', ' ']) {
+                    return Err(format!(
+                        "projects[{i}].custom_domain: {d:?} is not a hostname"
+                    ));
+                }
+                if domains.insert(d.as_str(), i).is_some() {
+                    return Err(format!(
+                        "projects[{i}].custom_domain: {d:?} belongs to another project"
+                    ));
+                }
+            }
+            if p.default_port == Some(0) {
+                return Err(format!("projects[{i}].default_port: must be 1..65535"));
             }
         }
         let mut projects = BTreeMap::new();
@@ -357,7 +419,7 @@ apps = [{ port = 3000, kind = "echo" }, { port = 4096, kind = "sse", gated = tru
             .to_string();
         assert_eq!(
             e,
-            "w.toml:3:10: unknown router generation \"v9\": the known ones are v0, v1, v2, v3"
+            "w.toml:3:10: unknown router generation \"v9\": the known ones are v0, v1, v2, v3, v4, v5, v6"
         );
     }
 

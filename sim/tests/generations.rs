@@ -487,7 +487,7 @@ fn unknown_generation_lists_the_known_ones() {
     let e = "v9".parse::<Generation>().unwrap_err();
     assert_eq!(
         e,
-        "unknown router generation \"v9\": the known ones are v0, v1, v2, v3"
+        "unknown router generation \"v9\": the known ones are v0, v1, v2, v3, v4, v5, v6"
     );
 }
 

@@ -9,8 +9,9 @@
 //! - W5 (V3+): `projectIngressProxyHost` or the legacy `subdomain` (empty or dotted → 400
 //!   `Invalid subdomain`; host = `<subdomain>.<domain>`), neither → 400 `Missing
 //!   projectIngressProxyHost or subdomain`; `path` or the legacy `redirectPath`; the host parsed
-//!   and canonicalized (failure → 400 `Invalid projectIngressProxyHost`); the token goes to
-//!   `<scheme>://<canonical>/_/exchange-token`.
+//!   and canonicalized (failure → 400 `Invalid projectIngressProxyHost`); V5+: a custom host must
+//!   be under a project's custom domain (one query) and is its own canonical host; the token goes
+//!   to `<scheme>://<canonical>/_/exchange-token`.
 //!
 //! Both: the redirect path normalized (another origin → `/`); no session → 302
 //! `<VITE_PUBLIC_URL>/login?redirectUrl=<this bridge-start, rebuilt with the canonical host and
@@ -28,6 +29,7 @@ use super::{Caller, ControlPlaneCtx, Reply, event, finish};
 use crate::model::Generation;
 use crate::net::BoxBody;
 use crate::router::step::bridge::{BRIDGE_START, normalize_redirect_path, query};
+use crate::router::step::lookup::{self, Db};
 use crate::router::step::{canonical, hostname};
 
 pub const PATH: &str = BRIDGE_START;
@@ -49,7 +51,7 @@ pub async fn bridge_start(
     };
     let ev = event(&caller, method.as_str(), &uri, route);
     let reply = if w5 {
-        w5_start(&ctx, &caller, ev, &q)
+        w5_start(&ctx, &caller, ev, &q).await
     } else {
         w2_start(&ctx, &caller, ev, &q)
     };
@@ -105,7 +107,7 @@ fn w2_start(
     )
 }
 
-fn w5_start(
+async fn w5_start(
     ctx: &ControlPlaneCtx,
     caller: &Caller,
     mut ev: crate::trace::ControlPlaneEvent,
@@ -127,15 +129,46 @@ fn w5_start(
             return Reply::error(ev, bad, "Missing projectIngressProxyHost or subdomain");
         }
     };
-    let parsed = match hostname::parse_standard(&host) {
-        Ok(p) if canonical::is_project_ingress_hostname(&host, &domain) => p,
+    let canonical = match hostname::parse_standard(&host) {
+        Ok(p) if canonical::is_project_ingress_hostname(&host, &domain) => {
+            canonical::canonical_v3(&p, &domain)
+        }
+        _ if ctx.generation >= Generation::V5
+            && !canonical::is_project_ingress_hostname(&host, &domain) =>
+        {
+            // V5+: a custom host must pass `shouldHandle…` (one query); it is its own canonical
+            // host.
+            let db = Db {
+                db: &ctx.db,
+                trace_id: caller.trace_id.as_deref(),
+            };
+            match lookup::project_by_custom_domain(db, &host).await {
+                Ok(Some(p)) => {
+                    ev.decisions.push(format!(
+                        "custom host {host}: project {} (customDomain {})",
+                        p.slug,
+                        p.custom_domain.as_deref().unwrap_or("")
+                    ));
+                    host.clone()
+                }
+                Ok(None) => {
+                    ev.decisions
+                        .push(format!("{host:?} is under no custom domain"));
+                    return Reply::error(ev, bad, "Invalid projectIngressProxyHost");
+                }
+                Err(e) => {
+                    ev.decisions
+                        .push(format!("getProjectByCustomDomain threw: {e}"));
+                    return Reply::error(ev, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string());
+                }
+            }
+        }
         _ => {
             ev.decisions
                 .push(format!("{host:?} is not a parsable ingress host"));
             return Reply::error(ev, bad, "Invalid projectIngressProxyHost");
         }
     };
-    let canonical = canonical::canonical_v3(&parsed, &domain);
     let raw_path = q.get("path").or_else(|| q.get("redirectPath"));
     let path = normalize_redirect_path(raw_path.map(String::as_str));
     ev.decisions.push(format!(

@@ -1,7 +1,8 @@
 //! The one-time-token exchange on the ingress host: the ingress host's half of the auth bridge.
 //!
 //! - `GET /_/exchange-token` (W5, V3+): a standard host must parse (400 `Invalid ingress host`)
-//!   and be canonical (400 `Non-canonical ingress host`); the request then goes on internally as
+//!   and be canonical (400 `Non-canonical ingress host`); V5+: a custom host must be under a
+//!   project's custom domain (one query; 400 `Invalid ingress host`); the request then goes on internally as
 //!   `GET /api/auth/project-ingress-proxy/one-time-token/exchange` with the same query.
 //! - The Better Auth endpoint (`project-ingress-proxy-one-time-token-exchange`): `token` (at least
 //!   one character) and `redirectPath`. Two versions (B10):
@@ -23,9 +24,10 @@ use http::{Method, Response, StatusCode, Uri};
 use serde_json::json;
 
 use super::{Caller, ControlPlaneCtx, Reply, cookies, event, finish};
-use crate::model::Exchange;
+use crate::model::{Exchange, Generation};
 use crate::net::BoxBody;
 use crate::router::step::bridge::normalize_redirect_path;
+use crate::router::step::lookup::{self, Db};
 use crate::router::step::{canonical, hostname};
 use crate::trace::ControlPlaneEvent;
 
@@ -42,6 +44,27 @@ pub async fn exchange_token(
     let mut ev = event(&caller, method.as_str(), &uri, "exchange-token (W5)");
     let bad = StatusCode::BAD_REQUEST;
     let domain = ctx.ingress_domain.clone().unwrap_or_default();
+    let custom = ctx.generation >= Generation::V5
+        && !canonical::is_project_ingress_hostname(&caller.host, &domain);
+    if custom {
+        // V5+: a custom host must be known.
+        let db = Db {
+            db: &ctx.db,
+            trace_id: caller.trace_id.as_deref(),
+        };
+        let reply = match lookup::project_by_custom_domain(db, &caller.host).await {
+            Ok(Some(p)) => {
+                ev.decisions.push(format!(
+                    "custom host of project {}; forwarded internally as GET {PATH}",
+                    p.slug
+                ));
+                consume(&ctx, ev, &q).await
+            }
+            Ok(None) => Reply::error(ev, bad, "Invalid ingress host"),
+            Err(e) => Reply::error(ev, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        };
+        return finish(&ctx, &caller, reply);
+    }
     let reply = match hostname::parse_standard(&caller.host) {
         Err(_) => Reply::error(ev, bad, "Invalid ingress host"),
         Ok(p) if canonical::canonical_v3(&p, &domain) != caller.host => {

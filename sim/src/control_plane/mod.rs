@@ -31,6 +31,8 @@ pub struct ControlPlaneCtx {
     /// `VITE_PUBLIC_URL`.
     pub public: PublicOrigin,
     pub platform: Arc<Platform>,
+    /// V5+: custom hosts are looked up in the database.
+    pub db: Arc<crate::db::Database>,
     /// W2 reads the matchers and the canonical host; W5 the ingress domain.
     pub matchers: Vec<HostGlob>,
     pub canonical_host: Option<String>,

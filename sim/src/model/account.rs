@@ -83,11 +83,13 @@ pub enum Exchange {
 }
 
 impl AuthSpec {
-    /// Our reading: the matcher-era auth (V1–V2) is the earlier plugin; V3 the later one.
+    /// Our reading: the matcher-era auth (V1–V2) is the earlier plugin; V3+ the later one.
     pub fn exchange_for(&self, g: Generation) -> Exchange {
         self.exchange.unwrap_or(match g {
             Generation::V0 | Generation::V1 | Generation::V2 => Exchange::FindDeleteCheck,
-            Generation::V3 => Exchange::DeleteReturning,
+            Generation::V3 | Generation::V4 | Generation::V5 | Generation::V6 => {
+                Exchange::DeleteReturning
+            }
         })
     }
 

@@ -46,6 +46,24 @@ pub enum Fault {
     },
     /// The world's clock moves forward (one-time tokens and sessions expire by it).
     Clock { advance_s: u64 },
+    /// The platform database's connection slots change (`max_connections`,
+    /// `superuser_reserved_connections`).
+    DbSlots {
+        max_connections: u32,
+        #[serde(default = "reserved_default")]
+        reserved: u32,
+    },
+    /// Every database query takes this long (holding its connection slot).
+    DbLatency { ms: u64 },
+    /// The database stops accepting connections.
+    DbDown,
+    /// The database accepts connections again.
+    DbUp,
+}
+
+/// Postgres's `superuser_reserved_connections` default.
+fn reserved_default() -> u32 {
+    3
 }
 
 /// Who carries a fault out, and what it is to them.
@@ -66,6 +84,8 @@ pub enum FaultOwner<'a> {
     },
     /// The platform's clock.
     Clock { advance_s: u64 },
+    /// The platform database.
+    Database(DbFault),
     /// The machine itself: its proxy, its container, its apps.
     Machine {
         machine: &'a str,
@@ -80,6 +100,15 @@ pub enum ProviderFault {
     Status(u16),
     Slow { delay_ms: u64 },
     Healthy,
+}
+
+/// A fault of the platform database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFault {
+    Slots { max_connections: u32, reserved: u32 },
+    Latency { ms: u64 },
+    Down,
+    Up,
 }
 
 /// A fault of the Docker engine about one container.
@@ -146,13 +175,23 @@ impl Fault {
             Fault::Clock { advance_s } => O::Clock {
                 advance_s: *advance_s,
             },
+            Fault::DbSlots {
+                max_connections,
+                reserved,
+            } => O::Database(DbFault::Slots {
+                max_connections: *max_connections,
+                reserved: *reserved,
+            }),
+            Fault::DbLatency { ms } => O::Database(DbFault::Latency { ms: *ms }),
+            Fault::DbDown => O::Database(DbFault::Down),
+            Fault::DbUp => O::Database(DbFault::Up),
         }
     }
 
     /// The machine a fault names (and the app port, for an app's fault), if any.
     pub fn names(&self) -> Option<(&str, Option<u16>)> {
         match self.owner() {
-            FaultOwner::Provider(..) | FaultOwner::Clock { .. } => None,
+            FaultOwner::Provider(..) | FaultOwner::Clock { .. } | FaultOwner::Database(_) => None,
             FaultOwner::DockerEngine { machine, .. } | FaultOwner::Platform { machine, .. } => {
                 Some((machine, None))
             }

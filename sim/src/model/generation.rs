@@ -17,15 +17,25 @@ pub enum Generation {
     V2,
     /// `PROJECT_INGRESS_DOMAIN`, the shared parsing module, `/_/exchange-token`.
     V3,
+    /// Custom domains, first cut: every custom-domain project scanned per request, the hostname
+    /// sent verbatim as the target (B1, B2, B3, B4).
+    V4,
+    /// The custom-domain fixes and the project default port.
+    V5,
+    /// V5 with a per-isolate resolution cache (B6).
+    V6,
 }
 
 impl Generation {
     /// Every generation modelled, oldest first.
-    pub const KNOWN: [Generation; 4] = [
+    pub const KNOWN: [Generation; 7] = [
         Generation::V0,
         Generation::V1,
         Generation::V2,
         Generation::V3,
+        Generation::V4,
+        Generation::V5,
+        Generation::V6,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -34,6 +44,9 @@ impl Generation {
             Generation::V1 => "v1",
             Generation::V2 => "v2",
             Generation::V3 => "v3",
+            Generation::V4 => "v4",
+            Generation::V5 => "v5",
+            Generation::V6 => "v6",
         }
     }
 }

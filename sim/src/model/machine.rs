@@ -96,6 +96,12 @@ pub struct ProjectSpec {
     /// The organization the project belongs to (V1+ check membership in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub organization: Option<String>,
+    /// `customDomain` (V4+): a hostname the project is also served on (`templestein.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_domain: Option<String>,
+    /// `defaultPort` (V5+): the port an implicit target means instead of 3000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_port: Option<u16>,
 }
 
 /// A machine as the platform records it, with the apps it runs.

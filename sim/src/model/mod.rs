@@ -15,7 +15,7 @@ pub use account::{
 };
 pub use app::{AppKind, AppSpec, Bind};
 pub use fault::{
-    AppFault, EngineFault, Fault, FaultError, FaultOwner, MachineFault, ProviderFault,
+    AppFault, DbFault, EngineFault, Fault, FaultError, FaultOwner, MachineFault, ProviderFault,
 };
 pub use generation::Generation;
 pub use machine::{

@@ -31,6 +31,10 @@ pub enum Code {
     ProjectNotFound,
     /// V1+: the machine's state is not routable.
     MachineNotRoutable,
+    /// V4+: the host is not under the project's custom domain.
+    NotCustomDomain,
+    /// V4+: the part before the custom domain names no target.
+    InvalidSubdomain,
 }
 
 impl Code {
@@ -48,6 +52,8 @@ impl Code {
             Code::Forbidden => "forbidden",
             Code::ProjectNotFound => "project_not_found",
             Code::MachineNotRoutable => "machine_not_routable",
+            Code::NotCustomDomain => "not_custom_domain",
+            Code::InvalidSubdomain => "invalid_subdomain",
         }
     }
 
@@ -55,9 +61,11 @@ impl Code {
         match self {
             Code::IngressNotConfigured => StatusCode::INTERNAL_SERVER_ERROR,
             Code::NotFound | Code::MachineNotFound | Code::ProjectNotFound => StatusCode::NOT_FOUND,
-            Code::InvalidHostname | Code::InvalidPort | Code::InvalidProjectSlug => {
-                StatusCode::BAD_REQUEST
-            }
+            Code::InvalidHostname
+            | Code::InvalidPort
+            | Code::InvalidProjectSlug
+            | Code::NotCustomDomain
+            | Code::InvalidSubdomain => StatusCode::BAD_REQUEST,
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::MachineNotRoutable => StatusCode::CONFLICT,

@@ -1,25 +1,31 @@
 //! The OS router (the `os` worker's ingress path), by generation (docs/behaviour.md §3). The world's
 //! `router` field (or a run's `--router`) picks the generation; each is a file that reads as its
-//! spec's step list ([`v0`] … [`v3`]), built from the shared [`step`]s. [`route`] runs it and
+//! spec's step list ([`v0`] … [`v6`]), built from the shared [`step`]s. [`route`] runs it and
 //! renders its [`Outcome`] once (a refusal in the generation's error envelope, with the details
 //! gathered by the steps), and records the router's trace event. [`handle`] is V0's whole worker
 //! (no control plane); V1+ run behind the worker's middleware (`crate::worker`).
 
+pub mod cache;
 pub mod step;
 pub mod v0;
 pub mod v1;
 pub mod v2;
 pub mod v3;
+pub mod v4;
+pub mod v5;
+pub mod v6;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::model::{Code, Details, Envelope, Generation, Refusal};
-use crate::net::{BoxBody, full, json_response};
+use crate::db::{Database, DbError};
+use crate::model::{Code, Details, Envelope, Generation, ProjectSpec, Refusal};
+use crate::net::{BoxBody, full, json_response, text_response};
 use crate::platform::{Platform, SessionRow};
 use crate::trace::{Event, RouterEvent, TRACE_HEADER, TraceStore};
 use step::canonical::PublicOrigin;
@@ -39,8 +45,71 @@ pub struct RouterCtx {
     /// `VITE_PUBLIC_URL` (V2+: where the auth bridge is, and the ingress scheme).
     pub public: PublicOrigin,
     pub platform: Arc<Platform>,
+    /// The platform database (V4+ query it; every query is a `db` hop event).
+    pub db: Arc<Database>,
+    /// V6: one resolution cache per isolate (`[os] isolates`, at least one).
+    pub isolates: Vec<cache::ResolutionCache>,
+    /// Requests served so far (the next isolate, round robin).
+    pub served: AtomicUsize,
     pub transport: Transport,
     pub trace: Arc<TraceStore>,
+}
+
+impl RouterCtx {
+    /// The isolate the next request runs in: round robin over `[os] isolates` (our reading of
+    /// how the Workers runtime spreads requests; production's placement is not observable).
+    pub fn next_isolate(&self) -> usize {
+        self.served.fetch_add(1, Ordering::SeqCst) % self.isolates.len().max(1)
+    }
+}
+
+/// What the worker hands the router besides the request (V5+).
+#[derive(Debug, Clone, Default)]
+pub struct Handoff {
+    /// `cachedCustomDomainProject`: the project the worker's custom-domain query found.
+    pub custom_project: Option<ProjectSpec>,
+    /// The isolate serving the request (V6).
+    pub isolate: usize,
+}
+
+/// Why a V4+ generation stopped: a refusal of its own, or a database query that failed.
+#[derive(Debug)]
+pub enum Stop {
+    Refused(Refusal),
+    Db(DbError),
+}
+
+impl From<Refusal> for Stop {
+    fn from(r: Refusal) -> Stop {
+        Stop::Refused(r)
+    }
+}
+
+impl From<Code> for Stop {
+    fn from(c: Code) -> Stop {
+        Stop::Refused(c.into())
+    }
+}
+
+impl From<crate::model::ParseError> for Stop {
+    fn from(e: crate::model::ParseError) -> Stop {
+        Stop::Refused(e.into())
+    }
+}
+
+impl From<DbError> for Stop {
+    fn from(e: DbError) -> Stop {
+        Stop::Db(e)
+    }
+}
+
+impl From<Stop> for Outcome {
+    fn from(s: Stop) -> Outcome {
+        match s {
+            Stop::Refused(r) => r.into(),
+            Stop::Db(e) => Outcome::Respond(Answer::Failed(e.to_string())),
+        }
+    }
 }
 
 /// What a generation decided.
@@ -63,6 +132,9 @@ pub enum Answer {
         location: String,
         why: &'static str,
     },
+    /// V4+: a database query threw; nothing in the handler catches it, so the worker's error
+    /// handler answers (our reading: Hono's default, `500 Internal Server Error` as text).
+    Failed(String),
 }
 
 impl From<Refusal> for Outcome {
@@ -85,7 +157,12 @@ impl Outcome {
 fn envelope(g: Generation) -> Envelope {
     match g {
         Generation::V0 => Envelope::Code,
-        Generation::V1 | Generation::V2 | Generation::V3 => Envelope::CodeAndDetails,
+        Generation::V1
+        | Generation::V2
+        | Generation::V3
+        | Generation::V4
+        | Generation::V5
+        | Generation::V6 => Envelope::CodeAndDetails,
     }
 }
 
@@ -126,16 +203,43 @@ pub async fn route(
     req: Request<Incoming>,
     session: Option<&SessionRow>,
 ) -> Routed {
+    route_with(ctx, req, session, Handoff::default()).await
+}
+
+/// [`route`] with what the worker found (V5+: the custom domain's project; V6: the isolate).
+pub async fn route_with(
+    ctx: &RouterCtx,
+    req: Request<Incoming>,
+    session: Option<&SessionRow>,
+    handoff: Handoff,
+) -> Routed {
     let trace_id = trace_id(&req);
     let mut ev = RouterEvent::new(ctx.generation.as_str());
     let tid = trace_id.as_deref();
     let decided = match ctx.generation {
-        Generation::V0 => v0::route(ctx, req, &mut ev, tid).await,
-        Generation::V1 => v1::route(ctx, req, session, &mut ev, tid).await,
-        Generation::V2 => v2::route(ctx, req, session, &mut ev, tid).await,
-        Generation::V3 => v3::route(ctx, req, session, &mut ev, tid).await,
+        Generation::V0 => v0::route(ctx, req, &mut ev, tid)
+            .await
+            .map_err(Outcome::from),
+        Generation::V1 => v1::route(ctx, req, session, &mut ev, tid)
+            .await
+            .map_err(Outcome::from),
+        Generation::V2 => v2::route(ctx, req, session, &mut ev, tid)
+            .await
+            .map_err(Outcome::from),
+        Generation::V3 => v3::route(ctx, req, session, &mut ev, tid)
+            .await
+            .map_err(Outcome::from),
+        Generation::V4 => v4::route(ctx, req, session, &mut ev, tid)
+            .await
+            .map_err(Outcome::from),
+        Generation::V5 => v5::route(ctx, req, session, &handoff, &mut ev, tid)
+            .await
+            .map_err(Outcome::from),
+        Generation::V6 => v6::route(ctx, req, session, &handoff, &mut ev, tid)
+            .await
+            .map_err(Outcome::from),
     };
-    let outcome = decided.unwrap_or_else(Outcome::from);
+    let outcome = decided.unwrap_or_else(|o| o);
     let routed = match outcome {
         Outcome::FallThrough(req) => {
             ev.outcome = "fell through (null): the control plane handles it".into();
@@ -156,6 +260,12 @@ fn details(r: &Refusal, ctx: &RouterCtx, ev: &RouterEvent) -> Details {
         hostname: Some(ev.hostname.clone()),
         ..Details::default()
     };
+    if ev.custom_domain.is_some() {
+        // V4+ custom-domain refusals: `{hostname}`, and what the resolution or transport said.
+        d.resolution = r.details.resolution.clone();
+        d.proxy_error = r.details.proxy_error.clone();
+        return d;
+    }
     if r.code == Code::IngressNotConfigured && ctx.generation >= Generation::V3 {
         // V3: `{hostname}` only.
         return d;
@@ -166,7 +276,9 @@ fn details(r: &Refusal, ctx: &RouterCtx, ev: &RouterEvent) -> Details {
             d.host_matchers = Some(ctx.matchers.iter().map(|m| m.raw.clone()).collect());
             d.matched_host_matcher = ev.matched.clone();
         }
-        Generation::V3 => d.project_ingress_domain = ctx.ingress_domain.clone(),
+        Generation::V3 | Generation::V4 | Generation::V5 | Generation::V6 => {
+            d.project_ingress_domain = ctx.ingress_domain.clone()
+        }
     }
     d.parsed_target = ev.parsed.as_ref().map(|p| {
         let id = match p.kind {
@@ -223,6 +335,11 @@ fn render(outcome: Outcome, ctx: &RouterCtx, ev: &mut RouterEvent) -> Response<B
                 resp.headers_mut().insert(header::LOCATION, v);
             }
             resp
+        }
+        Outcome::Respond(Answer::Failed(message)) => {
+            ev.outcome = "failed: the worker's error handler answers".into();
+            ev.error = Some(message);
+            text_response(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error")
         }
         Outcome::FallThrough(_) => {
             // Handled by `route`; never rendered.

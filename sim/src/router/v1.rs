@@ -16,7 +16,8 @@
 use http::Request;
 use hyper::body::Incoming;
 
-use super::step::{authz, forward, host, hostname, matchers, session, target, transport};
+use super::step::forward::{self, HeaderCopy};
+use super::step::{authz, host, hostname, matchers, session, transport};
 use super::{Outcome, RouterCtx};
 use crate::model::Refusal;
 use crate::platform::{MachineRow, SessionRow};
@@ -52,6 +53,39 @@ pub(super) async fn forward_to(
     ev: &mut RouterEvent,
     trace_id: Option<&str>,
 ) -> Result<Outcome, Refusal> {
+    // The request hostname (recorded once the transport has a URL).
+    let how = Forwarding {
+        target: ev.hostname.clone(),
+        copy: HeaderCopy::Set,
+        show_machine: true,
+    };
+    forward_machine(ctx, machine, req, ev, trace_id, how).await
+}
+
+/// How a generation forwards: the target header, how response headers are copied, and whether a
+/// transport failure shows the machine in `resolution`.
+pub(super) struct Forwarding {
+    pub target: String,
+    pub copy: HeaderCopy,
+    pub show_machine: bool,
+}
+
+/// The external id (`503`), the transport and forwarding (`502 proxy_error`), V1+.
+pub(super) async fn forward_machine(
+    ctx: &RouterCtx,
+    machine: MachineRow<'_>,
+    req: Request<Incoming>,
+    ev: &mut RouterEvent,
+    trace_id: Option<&str>,
+    how: Forwarding,
+) -> Result<Outcome, Refusal> {
+    let with_machine = |e: Refusal| {
+        if how.show_machine {
+            authz::with_machine(e, &machine)
+        } else {
+            e
+        }
+    };
     let external_id = authz::external_id(&machine)?;
     let url = transport::machine_url(
         &ctx.transport,
@@ -62,11 +96,11 @@ pub(super) async fn forward_to(
         ev,
     )
     .await
-    .map_err(|r| authz::with_machine(r, &machine))?;
-    let target = target::hostname(ev);
+    .map_err(with_machine)?;
+    ev.target_header = Some(how.target.clone());
     let net = &ctx.transport.net;
-    let resp = forward::forward(net, req, ev, url, &target, trace_id)
+    let resp = forward::forward_copying(net, req, ev, url, &how.target, trace_id, how.copy)
         .await
-        .map_err(|r| authz::with_machine(r, &machine))?;
+        .map_err(with_machine)?;
     Ok(Outcome::Forward(resp))
 }

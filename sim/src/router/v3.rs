@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use super::step::{authz, bridge, canonical, host, hostname, session};
 use super::{Outcome, RouterCtx, v1, v2};
-use crate::model::{Code, Refusal};
+use crate::model::{Code, ParsedTarget, Refusal};
 use crate::platform::SessionRow;
 use crate::trace::RouterEvent;
 
@@ -41,28 +41,56 @@ pub async fn route(
     if !canonical::is_project_ingress_hostname(&ev.hostname, domain) {
         return Err(Code::NotFound.into());
     }
-    // 4.
+    // 4–7.
+    let (parsed, req, session) =
+        match standard_steps(ctx, req, session, ev, domain, bridge::bridge_redirect_v3)? {
+            Standard::Answered(o) => return Ok(o),
+            Standard::Resolve(p, r, s) => (p, r, s),
+        };
+    // 8.
+    let machine = authz::resolve(&ctx.platform, &parsed, session, ev)?;
+    v1::forward_to(ctx, machine, req, ev, trace_id).await
+}
+
+/// What steps 4–7 left for a standard host: an answer, or the target to resolve for a session.
+pub(super) enum Standard<'s> {
+    Answered(Outcome),
+    Resolve(ParsedTarget, Request<Incoming>, &'s SessionRow),
+}
+
+/// Steps 4–7 on a standard host (shared by V3–V6; `bridge` builds the no-session redirect, which
+/// changed in V5): parse, the canonical host's 301, `/_/exchange-token` falls through, no session
+/// → the auth bridge.
+pub(super) fn standard_steps<'s>(
+    ctx: &RouterCtx,
+    req: Request<Incoming>,
+    session: Option<&'s SessionRow>,
+    ev: &mut RouterEvent,
+    domain: &str,
+    bridge: fn(&str, &str, &str) -> (http::StatusCode, String),
+) -> Result<Standard<'s>, Refusal> {
     let parsed = hostname::parsed_standard(ev)?;
-    // 5.
     let pq = v2::path_and_query(&req);
     let canonical = canonical::canonical_v3(&parsed, domain);
     if let Some(to) = canonical::redirect_unless_canonical(ev, &canonical, &ctx.public.scheme, &pq)
     {
-        return Ok(Outcome::redirect(to, "not the canonical host"));
+        return Ok(Standard::Answered(Outcome::redirect(
+            to,
+            "not the canonical host",
+        )));
     }
-    // 6.
     if req.uri().path() == EXCHANGE_TOKEN_PATH {
         session::seen(session, ev);
-        return Ok(Outcome::FallThrough(req));
+        return Ok(Standard::Answered(Outcome::FallThrough(req)));
     }
-    // 7.
     let Some(session) = session else {
         session::seen(None, ev);
-        let to = bridge::bridge_redirect_v3(&ctx.public.origin, &canonical, &pq);
-        return Ok(Outcome::redirect(to, "no session: the auth bridge"));
+        let to = bridge(&ctx.public.origin, &canonical, &pq);
+        return Ok(Standard::Answered(Outcome::redirect(
+            to,
+            "no session: the auth bridge",
+        )));
     };
     session::seen(Some(session), ev);
-    // 8.
-    let machine = authz::resolve(&ctx.platform, &parsed, session, ev)?;
-    v1::forward_to(ctx, machine, req, ev, trace_id).await
+    Ok(Standard::Resolve(parsed, req, session))
 }

@@ -17,11 +17,17 @@ pub const ROUTABLE_STATES: [MachineState; 3] = [
 
 /// The user may reach the project's organization: a member, or `role = admin`. Recorded.
 fn access(platform: &Platform, session: &SessionRow, project: &str, ev: &mut RouterEvent) -> bool {
-    let user = &session.user;
     let org = platform
         .project(project)
         .and_then(|p| p.organization.as_deref());
-    let member = org.is_some_and(|o| platform.is_member(&user.id, o));
+    let member = org.is_some_and(|o| platform.is_member(&session.user.id, o));
+    decide(session, org, member, ev)
+}
+
+/// Whether a member (or not) of `org` may pass: members and admins do. Recorded as the event's
+/// authorization (shared with the V4+ resolution, which reads membership from its query).
+pub fn decide(session: &SessionRow, org: Option<&str>, member: bool, ev: &mut RouterEvent) -> bool {
+    let user = &session.user;
     let org = org.unwrap_or("(no organization)");
     ev.authorization = Some(if member {
         format!("{} is a member of {org}", user.id)

@@ -45,11 +45,33 @@ fn set_header(h: &mut HeaderMap, name: &str, value: &str) {
 /// followed and the collapsed headers. A transport failure → `502 proxy_error`.
 pub async fn forward(
     net: &SimNetwork,
+    req: Request<Incoming>,
+    ev: &mut RouterEvent,
+    url: String,
+    target: &str,
+    trace_id: Option<&str>,
+) -> Result<Response<BoxBody>, Refusal> {
+    forward_copying(net, req, ev, url, target, trace_id, HeaderCopy::Set).await
+}
+
+/// How the router copies the machine's response headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderCopy {
+    /// V0–V3 `Headers.set`: a repeated header keeps its last value (B7).
+    Set,
+    /// V4+ `Headers.append`: every value kept (repeated `Set-Cookie` included).
+    Append,
+}
+
+/// [`forward`], copying the response headers as `copy` says.
+pub async fn forward_copying(
+    net: &SimNetwork,
     mut req: Request<Incoming>,
     ev: &mut RouterEvent,
     url: String,
     target: &str,
     trace_id: Option<&str>,
+    copy: HeaderCopy,
 ) -> Result<Response<BoxBody>, Refusal> {
     let websocket = req
         .headers()
@@ -165,6 +187,12 @@ pub async fn forward(
             continue;
         }
         let values: Vec<HeaderValue> = parts.headers.get_all(name).iter().cloned().collect();
+        if copy == HeaderCopy::Append {
+            for v in values {
+                copied.append(name.clone(), v);
+            }
+            continue;
+        }
         if values.len() > 1 {
             ev.response_header_notes.push(format!(
                 "{name}: {} values collapsed to the last (Headers.set)",

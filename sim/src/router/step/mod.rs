@@ -4,10 +4,13 @@
 pub mod authz;
 pub mod bridge;
 pub mod canonical;
+pub mod custom_domain;
 pub mod forward;
 pub mod host;
 pub mod hostname;
+pub mod lookup;
 pub mod matchers;
+pub mod resolution;
 pub mod resolve;
 pub mod session;
 pub mod target;
