@@ -427,51 +427,100 @@ async fn run_sse(
     let status = resp.status().as_u16();
     let hdrs = shown_headers(resp.headers());
     let mut body = resp.into_body();
-    let mut buf = Vec::new();
+    let release = step.release.as_deref().and_then(parse_app_ref);
+    let read = read_sse(&mut body, REPLY_TIMEOUT, async {
+        if let Some((m, p)) = release {
+            world.release(&m, p).await;
+        }
+    })
+    .await;
+    doc.sse = Some(SseDoc {
+        first_event_before_release: read.first_event_before_release,
+        events: read.events,
+    });
+    doc.response = Some(ResponseDoc {
+        status,
+        headers: hdrs,
+        body: serde_json::Value::String(String::new()),
+        body_bytes: read.bytes,
+        truncated: read.truncated,
+    });
+}
+
+/// What [`read_sse`] read from an event stream.
+#[derive(Debug, PartialEq)]
+struct SseRead {
+    first_event_before_release: bool,
+    /// Every event, as [`crate::client::SseEvent::summary`] gives it.
+    events: Vec<String>,
+    bytes: u64,
+    truncated: bool,
+}
+
+/// Reads an event stream as the HTML standard parses it ([`crate::client::SseParser`]: CRLF, LF
+/// or CR line ends, multi-line data): until the first whole event (within `first_within`), then
+/// runs `release` (a gated app sends the rest only then), then reads to the end.
+async fn read_sse<B>(
+    body: &mut B,
+    first_within: Duration,
+    release: impl std::future::Future<Output = ()>,
+) -> SseRead
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut parser = crate::client::SseParser::default();
+    let mut events: Vec<String> = Vec::new();
+    let mut bytes = 0u64;
     let mut truncated = false;
-    // Read until one whole event is in, while the app still holds the stream.
-    let first = tokio::time::timeout(REPLY_TIMEOUT, async {
-        while !String::from_utf8_lossy(&buf).contains("\n\n") {
+    let mut ended = false;
+    let mut take = |d: &Bytes, events: &mut Vec<String>| {
+        bytes += d.len() as u64;
+        events.extend(parser.push(d).iter().map(|e| e.summary()));
+    };
+    let first = tokio::time::timeout(first_within, async {
+        while events.is_empty() {
             match body.frame().await {
                 Some(Ok(f)) => {
                     if let Some(d) = f.data_ref() {
-                        buf.extend_from_slice(d);
+                        take(d, &mut events);
                     }
                 }
                 Some(Err(_)) => {
                     truncated = true;
                     return false;
                 }
-                None => return false,
+                None => {
+                    ended = true;
+                    return false;
+                }
             }
         }
         true
     })
     .await
     .unwrap_or(false);
-    if let Some((m, p)) = step.release.as_deref().and_then(parse_app_ref) {
-        world.release(&m, p).await;
+    release.await;
+    if !truncated && !ended {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        take(d, &mut events);
+                    }
+                }
+                Err(_) => {
+                    truncated = true;
+                    break;
+                }
+            }
+        }
     }
-    if !truncated {
-        truncated = drain(&mut body, &mut buf).await;
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let events: Vec<String> = text
-        .split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| e.replace('\n', " | "))
-        .collect();
-    doc.sse = Some(SseDoc {
+    SseRead {
         first_event_before_release: first,
         events,
-    });
-    doc.response = Some(ResponseDoc {
-        status,
-        headers: hdrs,
-        body: serde_json::Value::String(String::new()),
-        body_bytes: buf.len() as u64,
+        bytes,
         truncated,
-    });
+    }
 }
 
 async fn run_ws(
@@ -572,4 +621,62 @@ async fn run_ws(
         received,
         close_code,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(
+        chunks: &[&'static [u8]],
+    ) -> http_body_util::StreamBody<
+        futures_util::stream::Iter<
+            std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+        >,
+    > {
+        let frames: Vec<_> = chunks
+            .iter()
+            .map(|c| Ok(hyper::body::Frame::data(Bytes::from_static(c))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    /// CRLF line ends (one split across reads) and an event with two data lines: splitting on
+    /// "\n\n" would see no first event at all and one run-together event at the end.
+    #[tokio::test]
+    async fn sse_is_read_as_the_standard_parses_it() {
+        let released = std::sync::atomic::AtomicBool::new(false);
+        let mut b = body(&[
+            b"id: 1\r\nevent: tick\r\ndata: line one\r\ndata: line two\r",
+            b"\n\r\n",
+            b": comment\r\ndata: 2\r\n\r\n",
+        ]);
+        let read = read_sse(&mut b, Duration::from_secs(5), async {
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(
+            read,
+            SseRead {
+                first_event_before_release: true,
+                events: vec![
+                    "id: 1 | event: tick | data: line one | data: line two".into(),
+                    "data: 2".into(),
+                ],
+                bytes: 76,
+                truncated: false,
+            }
+        );
+        assert!(released.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// A stream that ends before a whole event: no first event, nothing dispatched.
+    #[tokio::test]
+    async fn a_partial_sse_event_is_not_an_event() {
+        let mut b = body(&[b"data: half"]);
+        let read = read_sse(&mut b, Duration::from_secs(5), async {}).await;
+        assert!(!read.first_event_before_release);
+        assert!(read.events.is_empty());
+        assert_eq!(read.bytes, 10);
+    }
 }
