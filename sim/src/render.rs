@@ -70,6 +70,15 @@ pub fn refusal(doc: &StepDoc) -> Option<(String, String)> {
     found
 }
 
+/// `0 bytes`, `1 byte`, `474 bytes`.
+fn bytes(n: u64) -> String {
+    if n == 1 {
+        "1 byte".into()
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 fn hdr_line(pairs: &[(String, String)]) -> String {
     pairs
         .iter()
@@ -260,17 +269,25 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
                     if m.upgraded { " (tunnel)" } else { "" },
                     if m.completed { "" } else { " (body cut short)" }
                 );
+                let _ = writeln!(
+                    o,
+                    "  {:9} {} in, {} out",
+                    "",
+                    bytes(m.bytes_in),
+                    bytes(m.bytes_out)
+                );
             }
             Event::App(a) => {
                 let _ = writeln!(
                     o,
-                    "  {} {}:{} ({}) got {} {}",
+                    "  {} {}:{} ({}) got {} {}, body {}",
                     style.hop("app"),
                     a.machine,
                     a.port,
                     a.kind,
                     a.method,
-                    a.path_and_query
+                    a.path_and_query,
+                    bytes(a.body_bytes)
                 );
                 let _ = writeln!(o, "  {:9} {}", "", style.dim(&hdr_line(&a.headers)));
             }
@@ -285,20 +302,21 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
         };
         let body = match &r.body {
             serde_json::Value::String(s) if s.len() <= 200 => format!("{s:?}"),
-            serde_json::Value::String(s) => format!("{} bytes of text", s.len()),
+            serde_json::Value::String(_) => "text".to_string(),
             other => {
                 let t = other.to_string();
                 if t.len() <= 200 {
                     t
                 } else {
-                    format!("{} bytes", r.body_bytes)
+                    "JSON".to_string()
                 }
             }
         };
         let _ = writeln!(
             o,
-            "  {} {status} {body}{}",
+            "  {} {status} {body} ({}){}",
             style.hop("response"),
+            bytes(r.body_bytes),
             if r.truncated {
                 style.bad(" (truncated: the body was cut short)")
             } else {
