@@ -91,7 +91,8 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
             out.push(format!("header {name}: expected {want:?}, got {got:?}"));
         }
     }
-    let app_headers: Option<&Vec<(String, String)>> = doc.hops.iter().find_map(|h| match h {
+    // The app that answered: the last one reached (the router may have followed a redirect).
+    let app_headers: Option<&Vec<(String, String)>> = doc.hops.iter().rev().find_map(|h| match h {
         Event::App(a) => Some(&a.headers),
         _ => None,
     });
