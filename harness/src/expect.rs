@@ -20,6 +20,10 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
     if let Some(e) = &doc.client_error {
         out.push(format!("client error: {e}"));
     }
+    // Hops that disagree fail the step whatever it expects (docs/trace.md, invariants).
+    for v in &doc.invariant_violations {
+        out.push(format!("chain invariant violated: {v}"));
+    }
     let e = &step.expect;
     let resp = doc.response.as_ref();
     let body = resp.map(|r| &r.body);
@@ -199,6 +203,23 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::shown;
+
+    /// A step whose hops disagree fails, whatever it expects.
+    #[test]
+    fn an_invariant_violation_fails_the_step() {
+        let text = "description = \"x\"\nworld = \"default\"\n[[steps]]\nurl = \"https://a.iterate.town/\"\n";
+        let step = sim::scenario::Scenario::parse(text, std::path::Path::new("x.toml"))
+            .unwrap()
+            .steps
+            .remove(0);
+        let mut doc = sim::exec::StepDoc::new(&step);
+        assert!(super::check(&step, &doc).is_empty());
+        doc.invariant_violations = vec!["the router chose machine a, but b answered".into()];
+        assert_eq!(
+            super::check(&step, &doc),
+            ["chain invariant violated: the router chose machine a, but b answered"]
+        );
+    }
 
     #[test]
     fn absent_values_read_as_words() {

@@ -82,6 +82,11 @@ pub struct StepDoc {
     /// A failure of the step itself (connection error, hang), not of the chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_error: Option<String>,
+    /// What the step came to: status, the hop that refused, the error, what answered.
+    pub outcome: crate::outcome::Outcome,
+    /// The chain's invariants this trace breaks (hops that disagree); present only when one is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invariant_violations: Vec<String>,
 }
 
 /// One copy of a `concurrent` step: its answer and the decisions behind it (without trace ids,
@@ -121,7 +126,36 @@ impl StepDoc {
             browser: None,
             concurrent: vec![],
             client_error: None,
+            outcome: crate::outcome::Outcome::default(),
+            invariant_violations: vec![],
         }
+    }
+
+    /// Reads the outcome and checks the chain's invariants (once the step has run): the step's
+    /// own hops, and each navigation's of a browser step (whose outcome is the last one's).
+    pub fn conclude(&mut self) {
+        use crate::outcome::{chain_violations, outcome};
+        let response = self.response.as_ref().map(|r| {
+            (r.status, r.body.get("error").and_then(|v| v.as_str()))
+        });
+        let navigations = self.browser.as_ref().map(|b| b.navigations.as_slice());
+        let deciding = match navigations.and_then(|n| n.last()) {
+            Some(last) if self.hops.is_empty() => &last.hops,
+            _ => &self.hops,
+        };
+        self.outcome = outcome(deciding, response, self.client_error.as_deref());
+        let direct = self
+            .request
+            .via
+            .strip_prefix("direct ")
+            .and_then(|d| d.strip_suffix(":8080"));
+        let mut violations = chain_violations(&self.hops, response.map(|(s, _)| s), direct);
+        for (i, n) in navigations.unwrap_or_default().iter().enumerate() {
+            for v in chain_violations(&n.hops, Some(n.status), None) {
+                violations.push(format!("navigation {}: {v}", i + 1));
+            }
+        }
+        self.invariant_violations = violations;
     }
 
     /// The trace as a redacted JSON value (ports → stable tokens).
@@ -157,8 +191,15 @@ pub fn body_value(bytes: &[u8]) -> serde_json::Value {
     })
 }
 
-/// Applies the step's faults, runs it, and collects the trace.
+/// Applies the step's faults, runs it, and collects the trace, with its outcome and the chain
+/// invariants it breaks.
 pub async fn run_step(world: &World, step: &Step) -> StepDoc {
+    let mut doc = run_step_hops(world, step).await;
+    doc.conclude();
+    doc
+}
+
+async fn run_step_hops(world: &World, step: &Step) -> StepDoc {
     let mut doc = StepDoc::new(step);
     for f in &step.faults {
         if let Err(e) = world.apply_fault(f).await {

@@ -33,42 +33,7 @@ impl Style {
     }
 }
 
-/// Which hop refused the request, and why (none when the app answered).
-pub fn refusal(doc: &StepDoc) -> Option<(String, String)> {
-    let mut found = None;
-    for h in &doc.hops {
-        match h {
-            Event::Edge(e) if e.decision.starts_with("refused") => {
-                found = Some((
-                    "edge".to_string(),
-                    e.decision.trim_start_matches("refused: ").to_string(),
-                ));
-            }
-            Event::Router(r) if r.outcome.starts_with("refused") => {
-                let why = match &r.error {
-                    Some(e) => format!(
-                        "{} {} ({e})",
-                        r.status,
-                        r.outcome.trim_start_matches("refused: ")
-                    ),
-                    None => format!("{} {}", r.status, r.outcome.trim_start_matches("refused: ")),
-                };
-                found = Some(("router".to_string(), why));
-            }
-            Event::Provider(p) if p.status.is_some_and(|s| s >= 400) => {
-                found = Some((format!("provider ({})", p.provider), p.decision.clone()));
-            }
-            Event::Machine(m) if m.error.is_some() => {
-                found = Some((
-                    format!("machine proxy ({})", m.machine),
-                    format!("{} {}", m.status, m.error.clone().unwrap_or_default()),
-                ));
-            }
-            _ => {}
-        }
-    }
-    found
-}
+pub use crate::outcome::refusal;
 
 /// `0 bytes`, `1 byte`, `474 bytes`.
 fn bytes(n: u64) -> String {
@@ -350,7 +315,7 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
     if let Some(e) = &doc.client_error {
         let _ = writeln!(o, "  {} {}", style.hop("client"), style.bad(e));
     }
-    match refusal(doc) {
+    match refusal(&doc.hops) {
         Some((hop, why)) => {
             let _ = writeln!(o, "{}", style.bad(&format!("refused by {hop}: {why}")));
         }
@@ -358,6 +323,20 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
             let _ = writeln!(o, "{}", style.good("reached the app"));
         }
         None => {}
+    }
+    // Last, where it cannot be missed: the hops disagree.
+    if !doc.invariant_violations.is_empty() {
+        let _ = writeln!(
+            o,
+            "{}",
+            style.bad(&format!(
+                "CHAIN INVARIANT VIOLATED ({}): the hops disagree",
+                doc.invariant_violations.len()
+            ))
+        );
+        for v in &doc.invariant_violations {
+            let _ = writeln!(o, "  {} {}", style.bad("✗"), style.bad(v));
+        }
     }
     o
 }

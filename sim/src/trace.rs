@@ -91,7 +91,9 @@ pub struct RouterEvent {
     /// V1+: the membership check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub authorization: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The platform's record of the machine chosen (`machine_record`: in a trace document
+    /// `machine` is always a machine id, docs/trace.md).
+    #[serde(rename = "machine_record", skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachineRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_url: Option<String>,
