@@ -135,9 +135,10 @@ impl StepDoc {
     /// own hops, and each navigation's of a browser step (whose outcome is the last one's).
     pub fn conclude(&mut self) {
         use crate::outcome::{chain_violations, outcome};
-        let response = self.response.as_ref().map(|r| {
-            (r.status, r.body.get("error").and_then(|v| v.as_str()))
-        });
+        let response = self
+            .response
+            .as_ref()
+            .map(|r| (r.status, r.body.get("error").and_then(|v| v.as_str())));
         let navigations = self.browser.as_ref().map(|b| b.navigations.as_slice());
         let deciding = match navigations.and_then(|n| n.last()) {
             Some(last) if self.hops.is_empty() => &last.hops,
@@ -668,13 +669,11 @@ async fn run_ws(
 mod tests {
     use super::*;
 
+    type Frames = std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::io::Error>>;
+
     fn body(
         chunks: &[&'static [u8]],
-    ) -> http_body_util::StreamBody<
-        futures_util::stream::Iter<
-            std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::io::Error>>,
-        >,
-    > {
+    ) -> http_body_util::StreamBody<futures_util::stream::Iter<Frames>> {
         let frames: Vec<_> = chunks
             .iter()
             .map(|c| Ok(hyper::body::Frame::data(Bytes::from_static(c))))

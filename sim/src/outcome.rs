@@ -190,7 +190,8 @@ pub fn chain_violations(hops: &[Event], status: Option<u16>, direct: Option<&str
                 .collect();
             let right = machines.len() - wrong.len();
             // After a redirect the worker followed, a later request may go anywhere.
-            if !wrong.is_empty() && !(followed && right > 0) {
+            let excused = followed && right > 0;
+            if !wrong.is_empty() && !excused {
                 out.push(format!(
                     "the router chose machine {}, but the request reached machine {}",
                     chosen.id,
@@ -237,15 +238,16 @@ pub fn chain_violations(hops: &[Event], status: Option<u16>, direct: Option<&str
             }
         }
         // 5. Statuses passed on.
-        if r.outcome == "forwarded" && !followed && r.status != 0 {
-            if let [m] = machines.as_slice()
-                && m.status != r.status
-            {
-                out.push(format!(
-                    "machine {}'s proxy answered {}, but the router passed on {}",
-                    m.machine, m.status, r.status
-                ));
-            }
+        if r.outcome == "forwarded"
+            && !followed
+            && r.status != 0
+            && let [m] = machines.as_slice()
+            && m.status != r.status
+        {
+            out.push(format!(
+                "machine {}'s proxy answered {}, but the router passed on {}",
+                m.machine, m.status, r.status
+            ));
         }
         if edge_forwarded
             && !control_plane

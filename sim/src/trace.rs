@@ -733,13 +733,17 @@ mod tests {
             .finish();
         tracing::subscriber::with_default(subscriber, || {
             let s = TraceStore::default();
-            s.log_events.store(true, std::sync::atomic::Ordering::Relaxed);
+            s.log_events
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             // Through the edge: each hop records once the answer came back, innermost first.
             let id = s.next_id();
             s.record(&id, machine_event());
             s.record(&id, provider_event());
             s.record(&id, edge_event());
-            assert!(hops_logged(&out).is_empty(), "logged before the request was done");
+            assert!(
+                hops_logged(&out).is_empty(),
+                "logged before the request was done"
+            );
             s.finish(&id);
             assert_eq!(hops_logged(&out), ["edge", "provider", "machine"]);
             // A hop recorded after that is logged at once.

@@ -78,7 +78,11 @@ async fn a_machine_the_router_did_not_choose_is_reported() {
 
     // Project b's own request agrees with itself: nothing reported, and the field is absent.
     let ok = run_step(&world, &step("https://b.iterate.town/")).await;
-    assert!(ok.invariant_violations.is_empty(), "{:?}", ok.invariant_violations);
+    assert!(
+        ok.invariant_violations.is_empty(),
+        "{:?}",
+        ok.invariant_violations
+    );
     assert!(ok.redacted(&world).get("invariant_violations").is_none());
     world.shutdown().await;
 }

@@ -237,7 +237,10 @@ mod tests {
         assert_eq!(r("../up").as_deref(), Some("https://app.fly.dev/up"));
         assert_eq!(r("?y=2").as_deref(), Some("https://app.fly.dev/a/b?y=2"));
         assert_eq!(r("HTTPS://E.X/p").as_deref(), Some("https://e.x/p"));
-        assert_eq!(r("\\\\evil.example\\x").as_deref(), Some("https://evil.example/x"));
+        assert_eq!(
+            r("\\\\evil.example\\x").as_deref(),
+            Some("https://evil.example/x")
+        );
         // Not a URL, or not one fetch can follow.
         assert_eq!(r("http://[::1"), None);
         assert_eq!(r("mailto:a@b.example"), None);
@@ -245,9 +248,15 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert!(same_origin("https://a.example/x", "https://a.example:443/y?z"));
+        assert!(same_origin(
+            "https://a.example/x",
+            "https://a.example:443/y?z"
+        ));
         assert!(!same_origin("https://a.example/", "http://a.example/"));
-        assert!(!same_origin("https://a.example/", "https://a.example:8443/"));
+        assert!(!same_origin(
+            "https://a.example/",
+            "https://a.example:8443/"
+        ));
         assert!(!same_origin("http://127.0.0.1:1/", "https://p.fly.dev/"));
     }
 }
