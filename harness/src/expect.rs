@@ -20,6 +20,31 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
     if let Some(e) = &doc.client_error {
         out.push(format!("client error: {e}"));
     }
+    // Hops that disagree fail the step (docs/trace.md, invariants), unless the step names the
+    // violation as the bug it reproduces under this generation; a named one must occur.
+    let generation = doc.hops.iter().find_map(|h| match h {
+        Event::Router(r) => Some(r.generation.clone()),
+        _ => None,
+    });
+    let known: Vec<&String> = step
+        .expect
+        .violations
+        .iter()
+        .filter(|(g, _)| *g == "all" || Some(g.as_str()) == generation.as_deref())
+        .flat_map(|(_, v)| v)
+        .collect();
+    for v in &doc.invariant_violations {
+        if !known.contains(&v) {
+            out.push(format!("chain invariant violated: {v}"));
+        }
+    }
+    for k in known {
+        if !doc.invariant_violations.contains(k) {
+            out.push(format!(
+                "expected the chain invariant violation {k:?}, which did not occur"
+            ));
+        }
+    }
     let e = &step.expect;
     let resp = doc.response.as_ref();
     let body = resp.map(|r| &r.body);
@@ -91,7 +116,8 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
             out.push(format!("header {name}: expected {want:?}, got {got:?}"));
         }
     }
-    let app_headers: Option<&Vec<(String, String)>> = doc.hops.iter().find_map(|h| match h {
+    // The app that answered: the last one reached (the router may have followed a redirect).
+    let app_headers: Option<&Vec<(String, String)>> = doc.hops.iter().rev().find_map(|h| match h {
         Event::App(a) => Some(&a.headers),
         _ => None,
     });
@@ -220,6 +246,23 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::shown;
+
+    /// A step whose hops disagree fails, whatever it expects.
+    #[test]
+    fn an_invariant_violation_fails_the_step() {
+        let text = "description = \"x\"\nworld = \"default\"\n[[steps]]\nurl = \"https://a.iterate.town/\"\n";
+        let step = sim::scenario::Scenario::parse(text, std::path::Path::new("x.toml"))
+            .unwrap()
+            .steps
+            .remove(0);
+        let mut doc = sim::exec::StepDoc::new(&step);
+        assert!(super::check(&step, &doc).is_empty());
+        doc.invariant_violations = vec!["the router chose machine a, but b answered".into()];
+        assert_eq!(
+            super::check(&step, &doc),
+            ["chain invariant violated: the router chose machine a, but b answered"]
+        );
+    }
 
     #[test]
     fn absent_values_read_as_words() {

@@ -70,8 +70,8 @@ fn header_pair(k: &str, v: &str) -> Result<(HeaderName, HeaderValue), ClientErro
     ))
 }
 
-/// Sends one HTTP request for `url` to `addr` on a fresh connection. Headers given override the
-/// `Host` derived from the URL.
+/// Sends one HTTP request for `url` to `addr` on a fresh connection. A `Host` given overrides the
+/// one derived from the URL; a second `Host` given is sent as well (two fields).
 pub async fn send(
     addr: SocketAddr,
     method: &str,
@@ -90,9 +90,11 @@ pub async fn send(
         .map_err(|_| ClientError::Url(url.into()))?;
     let (k, v) = header_pair("host", &u.authority)?;
     req.headers_mut().insert(k, v);
+    let mut host_given = false;
     for (k, v) in headers {
         let (k, v) = header_pair(k, v)?;
-        if k == http::header::HOST {
+        if k == http::header::HOST && !host_given {
+            host_given = true;
             req.headers_mut().insert(k, v);
         } else {
             req.headers_mut().append(k, v);

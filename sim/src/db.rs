@@ -161,6 +161,11 @@ impl Database {
     }
 
     /// The slots an application role may use.
+    /// How long a query holds its slot, in the simulated world.
+    pub fn latency_ms(&self) -> u64 {
+        self.state().spec.latency_ms
+    }
+
     pub fn usable_slots(&self) -> u32 {
         let s = self.state();
         s.spec

@@ -233,7 +233,7 @@ pub fn note_lines(hop: &str, o: &Map<String, Value>) -> Vec<String> {
                     push(format!("{}: {v}", k.replace('_', " ")));
                 }
             }
-            if let Some(m) = o.get("machine").and_then(Value::as_object) {
+            if let Some(m) = o.get("machine_record").and_then(Value::as_object) {
                 push(format!(
                     "machine {} ({}, {})",
                     s(m, "id").unwrap_or("?"),

@@ -72,9 +72,16 @@ pub async fn handle(
         decision: String::new(),
         added_headers: vec![],
     };
+    let hosts = req.headers().get_all(header::HOST).iter().count();
     let resp = match best_match(&ctx.routes, "https", &host, &pq)
         .map(|r: &RoutePattern| r.raw.clone())
     {
+        // Cloudflare refuses a request with two `Host` fields before any route or worker runs
+        // (docs/behaviour.md §2).
+        _ if hosts > 1 => {
+            ev.decision = format!("refused: {hosts} Host headers → 400 (Cloudflare's page)");
+            cloudflare_bad_request()
+        }
         None => {
             ev.decision = "refused: edge_no_route (no worker route matches)".into();
             let path = req.uri().path().to_string();
@@ -167,4 +174,17 @@ pub async fn handle(
         ctx.trace.finish(&id);
     }
     Response::from_parts(parts, body)
+}
+
+/// Cloudflare's answer to a request it cannot parse as one HTTP request (our reading: its
+/// nginx-style page with `Server: cloudflare`, docs/behaviour.md §2).
+pub const CLOUDFLARE_400_PAGE: &str = "<html>\r\n<head><title>400 Bad Request</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<hr><center>cloudflare</center>\r\n</body>\r\n</html>\r\n";
+
+fn cloudflare_bad_request() -> Response<BoxBody> {
+    let mut r = text_response(StatusCode::BAD_REQUEST, CLOUDFLARE_400_PAGE);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    r.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static("cloudflare"));
+    r
 }

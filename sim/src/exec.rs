@@ -86,6 +86,11 @@ pub struct StepDoc {
     /// A failure of the step itself (connection error, hang), not of the chain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_error: Option<String>,
+    /// What the step came to: status, the hop that refused, the error, what answered.
+    pub outcome: crate::outcome::Outcome,
+    /// The chain's invariants this trace breaks (hops that disagree); present only when one is.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invariant_violations: Vec<String>,
 }
 
 /// One copy of a `concurrent` step: its answer and the decisions behind it (without trace ids,
@@ -126,7 +131,37 @@ impl StepDoc {
             concurrent: vec![],
             burst: None,
             client_error: None,
+            outcome: crate::outcome::Outcome::default(),
+            invariant_violations: vec![],
         }
+    }
+
+    /// Reads the outcome and checks the chain's invariants (once the step has run): the step's
+    /// own hops, and each navigation's of a browser step (whose outcome is the last one's).
+    pub fn conclude(&mut self) {
+        use crate::outcome::{chain_violations, outcome};
+        let response = self
+            .response
+            .as_ref()
+            .map(|r| (r.status, r.body.get("error").and_then(|v| v.as_str())));
+        let navigations = self.browser.as_ref().map(|b| b.navigations.as_slice());
+        let deciding = match navigations.and_then(|n| n.last()) {
+            Some(last) if self.hops.is_empty() => &last.hops,
+            _ => &self.hops,
+        };
+        self.outcome = outcome(deciding, response, self.client_error.as_deref());
+        let direct = self
+            .request
+            .via
+            .strip_prefix("direct ")
+            .and_then(|d| d.strip_suffix(":8080"));
+        let mut violations = chain_violations(&self.hops, response.map(|(s, _)| s), direct);
+        for (i, n) in navigations.unwrap_or_default().iter().enumerate() {
+            for v in chain_violations(&n.hops, Some(n.status), None) {
+                violations.push(format!("navigation {}: {v}", i + 1));
+            }
+        }
+        self.invariant_violations = violations;
     }
 
     /// The trace as a redacted JSON value (ports → stable tokens).
@@ -162,8 +197,15 @@ pub fn body_value(bytes: &[u8]) -> serde_json::Value {
     })
 }
 
-/// Applies the step's faults, runs it, and collects the trace.
+/// Applies the step's faults, runs it, and collects the trace, with its outcome and the chain
+/// invariants it breaks.
 pub async fn run_step(world: &World, step: &Step) -> StepDoc {
+    let mut doc = run_step_hops(world, step).await;
+    doc.conclude();
+    doc
+}
+
+async fn run_step_hops(world: &World, step: &Step) -> StepDoc {
     let mut doc = StepDoc::new(step);
     for f in &step.faults {
         if let Err(e) = world.apply_fault(f).await {
@@ -345,7 +387,11 @@ pub struct BurstDoc {
     pub db_queries: BTreeMap<String, u64>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub db_failures: BTreeMap<String, u64>,
-    pub slots_high_water: u32,
+    /// Only when queries hold their slot a while (`[db] latency_ms` > 0): without latency the
+    /// most slots in use at once says how threads were scheduled, not what the model does, and
+    /// would make the snapshot flaky.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots_high_water: Option<u32>,
     pub usable_slots: u32,
     /// V6: what the resolution cache answered, by kind (`hit`, `miss … stored`…).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -371,7 +417,7 @@ async fn run_burst(
         router_outcomes: BTreeMap::new(),
         db_queries: diff(&after.queries, &before.queries),
         db_failures: diff(&after.failures, &before.failures),
-        slots_high_water: after.slots_high_water,
+        slots_high_water: (db.latency_ms() > 0).then_some(after.slots_high_water),
         usable_slots: db.usable_slots(),
         cache: BTreeMap::new(),
     };
@@ -536,51 +582,100 @@ async fn run_sse(
     let status = resp.status().as_u16();
     let hdrs = shown_headers(resp.headers());
     let mut body = resp.into_body();
-    let mut buf = Vec::new();
+    let release = step.release.as_deref().and_then(parse_app_ref);
+    let read = read_sse(&mut body, REPLY_TIMEOUT, async {
+        if let Some((m, p)) = release {
+            world.release(&m, p).await;
+        }
+    })
+    .await;
+    doc.sse = Some(SseDoc {
+        first_event_before_release: read.first_event_before_release,
+        events: read.events,
+    });
+    doc.response = Some(ResponseDoc {
+        status,
+        headers: hdrs,
+        body: serde_json::Value::String(String::new()),
+        body_bytes: read.bytes,
+        truncated: read.truncated,
+    });
+}
+
+/// What [`read_sse`] read from an event stream.
+#[derive(Debug, PartialEq)]
+struct SseRead {
+    first_event_before_release: bool,
+    /// Every event, as [`crate::client::SseEvent::summary`] gives it.
+    events: Vec<String>,
+    bytes: u64,
+    truncated: bool,
+}
+
+/// Reads an event stream as the HTML standard parses it ([`crate::client::SseParser`]: CRLF, LF
+/// or CR line ends, multi-line data): until the first whole event (within `first_within`), then
+/// runs `release` (a gated app sends the rest only then), then reads to the end.
+async fn read_sse<B>(
+    body: &mut B,
+    first_within: Duration,
+    release: impl std::future::Future<Output = ()>,
+) -> SseRead
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut parser = crate::client::SseParser::default();
+    let mut events: Vec<String> = Vec::new();
+    let mut bytes = 0u64;
     let mut truncated = false;
-    // Read until one whole event is in, while the app still holds the stream.
-    let first = tokio::time::timeout(REPLY_TIMEOUT, async {
-        while !String::from_utf8_lossy(&buf).contains("\n\n") {
+    let mut ended = false;
+    let mut take = |d: &Bytes, events: &mut Vec<String>| {
+        bytes += d.len() as u64;
+        events.extend(parser.push(d).iter().map(|e| e.summary()));
+    };
+    let first = tokio::time::timeout(first_within, async {
+        while events.is_empty() {
             match body.frame().await {
                 Some(Ok(f)) => {
                     if let Some(d) = f.data_ref() {
-                        buf.extend_from_slice(d);
+                        take(d, &mut events);
                     }
                 }
                 Some(Err(_)) => {
                     truncated = true;
                     return false;
                 }
-                None => return false,
+                None => {
+                    ended = true;
+                    return false;
+                }
             }
         }
         true
     })
     .await
     .unwrap_or(false);
-    if let Some((m, p)) = step.release.as_deref().and_then(parse_app_ref) {
-        world.release(&m, p).await;
+    release.await;
+    if !truncated && !ended {
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        take(d, &mut events);
+                    }
+                }
+                Err(_) => {
+                    truncated = true;
+                    break;
+                }
+            }
+        }
     }
-    if !truncated {
-        truncated = drain(&mut body, &mut buf).await;
-    }
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let events: Vec<String> = text
-        .split("\n\n")
-        .filter(|e| !e.trim().is_empty())
-        .map(|e| e.replace('\n', " | "))
-        .collect();
-    doc.sse = Some(SseDoc {
+    SseRead {
         first_event_before_release: first,
         events,
-    });
-    doc.response = Some(ResponseDoc {
-        status,
-        headers: hdrs,
-        body: serde_json::Value::String(String::new()),
-        body_bytes: buf.len() as u64,
+        bytes,
         truncated,
-    });
+    }
 }
 
 async fn run_ws(
@@ -681,4 +776,60 @@ async fn run_ws(
         received,
         close_code,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Frames = std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::io::Error>>;
+
+    fn body(
+        chunks: &[&'static [u8]],
+    ) -> http_body_util::StreamBody<futures_util::stream::Iter<Frames>> {
+        let frames: Vec<_> = chunks
+            .iter()
+            .map(|c| Ok(hyper::body::Frame::data(Bytes::from_static(c))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    /// CRLF line ends (one split across reads) and an event with two data lines: splitting on
+    /// "\n\n" would see no first event at all and one run-together event at the end.
+    #[tokio::test]
+    async fn sse_is_read_as_the_standard_parses_it() {
+        let released = std::sync::atomic::AtomicBool::new(false);
+        let mut b = body(&[
+            b"id: 1\r\nevent: tick\r\ndata: line one\r\ndata: line two\r",
+            b"\n\r\n",
+            b": comment\r\ndata: 2\r\n\r\n",
+        ]);
+        let read = read_sse(&mut b, Duration::from_secs(5), async {
+            released.store(true, std::sync::atomic::Ordering::SeqCst);
+        })
+        .await;
+        assert_eq!(
+            read,
+            SseRead {
+                first_event_before_release: true,
+                events: vec![
+                    "id: 1 | event: tick | data: line one | data: line two".into(),
+                    "data: 2".into(),
+                ],
+                bytes: 76,
+                truncated: false,
+            }
+        );
+        assert!(released.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    /// A stream that ends before a whole event: no first event, nothing dispatched.
+    #[tokio::test]
+    async fn a_partial_sse_event_is_not_an_event() {
+        let mut b = body(&[b"data: half"]);
+        let read = read_sse(&mut b, Duration::from_secs(5), async {}).await;
+        assert!(!read.first_event_before_release);
+        assert!(read.events.is_empty());
+        assert_eq!(read.bytes, 10);
+    }
 }

@@ -17,6 +17,7 @@ pub mod fixture_file;
 pub mod machine;
 pub mod model;
 pub mod net;
+pub mod outcome;
 pub mod platform;
 pub mod providers;
 pub mod render;

@@ -653,12 +653,20 @@ fn main() -> ExitCode {
             }
             Cmd::Trace { world, req, json, format, output, no_times, router } => {
                 let format = if json { TraceFormat::Json } else { format };
-                let (_, text) =
+                let (doc, text) =
                     trace(&world_file(&world)?, &req, format, !no_times, router).await?;
                 match output {
                     Some(path) => std::fs::write(&path, text)
                         .with_context(|| format!("writing {}", path.display()))?,
                     None => print!("{text}"),
+                }
+                // A refusal is a result; hops that disagree are a broken chain.
+                if !doc.invariant_violations.is_empty() {
+                    bail!(
+                        "the trace breaks {} chain invariant(s): {}",
+                        doc.invariant_violations.len(),
+                        doc.invariant_violations.join("; ")
+                    );
                 }
                 Ok(())
             }

@@ -97,6 +97,16 @@ pub enum NetError {
 /// connection that the other side closed before a complete response is `other side closed`
 /// however the close raced with the request (hyper reports it as canceled, incomplete or a reset).
 fn fetch_cause(e: &hyper::Error) -> String {
+    if closed_by_peer(e) {
+        "other side closed".to_string()
+    } else {
+        e.to_string()
+    }
+}
+
+/// The connection was closed or reset before a complete response, however the close raced with
+/// the request (hyper reports it as canceled, incomplete or a reset).
+fn closed_by_peer(e: &hyper::Error) -> bool {
     use std::io::ErrorKind as K;
     let io_closed = std::error::Error::source(e)
         .and_then(|s| s.downcast_ref::<std::io::Error>())
@@ -106,10 +116,39 @@ fn fetch_cause(e: &hyper::Error) -> String {
                 K::ConnectionReset | K::BrokenPipe | K::UnexpectedEof | K::ConnectionAborted
             )
         });
-    if e.is_canceled() || e.is_incomplete_message() || io_closed {
-        "other side closed".to_string()
-    } else {
-        e.to_string()
+    e.is_canceled() || e.is_incomplete_message() || io_closed
+}
+
+/// What the Workers runtime's `fetch` rejects with (docs/behaviour.md §3.1, transport errors):
+/// workerd turns a refused, reset or closed connection (kj's `DISCONNECTED` exceptions) into
+/// `Error: Network connection lost.`
+pub const WORKERD_CONNECTION_LOST: &str = "Network connection lost.";
+
+impl NetError {
+    /// This failure as the OS worker's `fetch` (workerd) reports it: a refused, reset or closed
+    /// connection is [`WORKERD_CONNECTION_LOST`]; a name that does not resolve and a URL that
+    /// cannot be used keep their own words.
+    pub fn workerd_message(&self) -> String {
+        use std::io::ErrorKind as K;
+        match self {
+            NetError::Refused(_) => WORKERD_CONNECTION_LOST.to_string(),
+            NetError::Connect(_, e)
+                if matches!(
+                    e.kind(),
+                    K::ConnectionRefused
+                        | K::ConnectionReset
+                        | K::ConnectionAborted
+                        | K::BrokenPipe
+                        | K::NotConnected
+                        | K::HostUnreachable
+                        | K::NetworkUnreachable
+                ) =>
+            {
+                WORKERD_CONNECTION_LOST.to_string()
+            }
+            NetError::Http(e) if closed_by_peer(e) => WORKERD_CONNECTION_LOST.to_string(),
+            other => other.to_string(),
+        }
     }
 }
 

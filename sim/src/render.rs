@@ -33,41 +33,15 @@ impl Style {
     }
 }
 
-/// Which hop refused the request, and why (none when the app answered).
-pub fn refusal(doc: &StepDoc) -> Option<(String, String)> {
-    let mut found = None;
-    for h in &doc.hops {
-        match h {
-            Event::Edge(e) if e.decision.starts_with("refused") => {
-                found = Some((
-                    "edge".to_string(),
-                    e.decision.trim_start_matches("refused: ").to_string(),
-                ));
-            }
-            Event::Router(r) if r.outcome.starts_with("refused") => {
-                let why = match &r.error {
-                    Some(e) => format!(
-                        "{} {} ({e})",
-                        r.status,
-                        r.outcome.trim_start_matches("refused: ")
-                    ),
-                    None => format!("{} {}", r.status, r.outcome.trim_start_matches("refused: ")),
-                };
-                found = Some(("router".to_string(), why));
-            }
-            Event::Provider(p) if p.status.is_some_and(|s| s >= 400) => {
-                found = Some((format!("provider ({})", p.provider), p.decision.clone()));
-            }
-            Event::Machine(m) if m.error.is_some() => {
-                found = Some((
-                    format!("machine proxy ({})", m.machine),
-                    format!("{} {}", m.status, m.error.clone().unwrap_or_default()),
-                ));
-            }
-            _ => {}
-        }
+pub use crate::outcome::refusal;
+
+/// `0 bytes`, `1 byte`, `474 bytes`.
+fn bytes(n: u64) -> String {
+    if n == 1 {
+        "1 byte".into()
+    } else {
+        format!("{n} bytes")
     }
-    found
 }
 
 fn hdr_line(pairs: &[(String, String)]) -> String {
@@ -305,17 +279,25 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
                     if m.upgraded { " (tunnel)" } else { "" },
                     if m.completed { "" } else { " (body cut short)" }
                 );
+                let _ = writeln!(
+                    o,
+                    "  {:9} {} in, {} out",
+                    "",
+                    bytes(m.bytes_in),
+                    bytes(m.bytes_out)
+                );
             }
             Event::App(a) => {
                 let _ = writeln!(
                     o,
-                    "  {} {}:{} ({}) got {} {}",
+                    "  {} {}:{} ({}) got {} {}, body {}",
                     style.hop("app"),
                     a.machine,
                     a.port,
                     a.kind,
                     a.method,
-                    a.path_and_query
+                    a.path_and_query,
+                    bytes(a.body_bytes)
                 );
                 let _ = writeln!(o, "  {:9} {}", "", style.dim(&hdr_line(&a.headers)));
             }
@@ -330,20 +312,21 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
         };
         let body = match &r.body {
             serde_json::Value::String(s) if s.len() <= 200 => format!("{s:?}"),
-            serde_json::Value::String(s) => format!("{} bytes of text", s.len()),
+            serde_json::Value::String(_) => "text".to_string(),
             other => {
                 let t = other.to_string();
                 if t.len() <= 200 {
                     t
                 } else {
-                    format!("{} bytes", r.body_bytes)
+                    "JSON".to_string()
                 }
             }
         };
         let _ = writeln!(
             o,
-            "  {} {status} {body}{}",
+            "  {} {status} {body} ({}){}",
             style.hop("response"),
+            bytes(r.body_bytes),
             if r.truncated {
                 style.bad(" (truncated: the body was cut short)")
             } else {
@@ -377,7 +360,7 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
     if let Some(e) = &doc.client_error {
         let _ = writeln!(o, "  {} {}", style.hop("client"), style.bad(e));
     }
-    match refusal(doc) {
+    match refusal(&doc.hops) {
         Some((hop, why)) => {
             let _ = writeln!(o, "{}", style.bad(&format!("refused by {hop}: {why}")));
         }
@@ -385,6 +368,20 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
             let _ = writeln!(o, "{}", style.good("reached the app"));
         }
         None => {}
+    }
+    // Last, where it cannot be missed: the hops disagree.
+    if !doc.invariant_violations.is_empty() {
+        let _ = writeln!(
+            o,
+            "{}",
+            style.bad(&format!(
+                "CHAIN INVARIANT VIOLATED ({}): the hops disagree",
+                doc.invariant_violations.len()
+            ))
+        );
+        for v in &doc.invariant_violations {
+            let _ = writeln!(o, "  {} {}", style.bad("✗"), style.bad(v));
+        }
     }
     o
 }

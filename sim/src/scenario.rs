@@ -107,6 +107,11 @@ pub struct Expect {
     /// `burst`: how many times each database query ran during the burst.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub db_queries: BTreeMap<String, u64>,
+    /// The chain invariants this step is known to break, by router generation (`v4 = ["…"]`, or
+    /// `all`): a reproduced bug whose hops disagree (B1 under V4). Exactly these must occur; any
+    /// other violation still fails the step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub violations: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

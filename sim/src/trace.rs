@@ -100,7 +100,9 @@ pub struct RouterEvent {
     /// V4+: why a step decided as it did where the outcome alone does not say (B1, B2).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The platform's record of the machine chosen (`machine_record`: in a trace document
+    /// `machine` is always a machine id, docs/trace.md).
+    #[serde(rename = "machine_record", skip_serializing_if = "Option::is_none")]
     pub machine: Option<MachineRef>,
     /// V5+: the project's `defaultPort` and the port the target header means.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -402,6 +404,11 @@ struct Inner {
     opened: HashMap<String, std::time::Instant>,
     /// Per id, in record order: each event's time since its id was issued, where known.
     times: HashMap<String, Vec<Option<Duration>>>,
+    /// With `log_events`: the events of each request not logged yet (a hop records once the
+    /// answer came back, so the innermost hop records first; they are logged in chain order once
+    /// the request is done) and the requests already logged.
+    log_pending: HashMap<String, Vec<Event>>,
+    logged: std::collections::HashSet<String>,
 }
 
 /// All events of a world, per request id.
@@ -469,7 +476,7 @@ impl TraceStore {
 
     fn record_at(&self, id: &str, ev: Event, timed: bool) {
         if self.log_events.load(std::sync::atomic::Ordering::Relaxed) {
-            tracing::info!(target: "ingress_sim::hop", "[{id}] {:<8} {}", ev.hop(), ev.summary());
+            self.log_event(id, &ev);
         }
         if self.print_json.load(std::sync::atomic::Ordering::Relaxed) {
             let line = serde_json::json!({"trace_id": id, "event": &ev});
@@ -489,10 +496,47 @@ impl TraceStore {
 
     /// Marks the request finished at the edge (response body complete or cut).
     pub fn finish(&self, id: &str) {
+        let mut flush = Vec::new();
         if let Ok(mut g) = self.inner.lock() {
             g.done.insert(id.to_string(), true);
+            if self.log_events.load(std::sync::atomic::Ordering::Relaxed) {
+                flush = Self::take_pending(&mut g, id);
+            }
         }
+        log_lines(id, &flush);
         self.changed.notify_waiters();
+    }
+
+    /// `ingress-sim up`'s log: a request's hops are logged in chain order (edge first) when it is
+    /// done: at the edge's [`TraceStore::finish`], or, for a request sent straight to a machine
+    /// (an id the edge did not issue), when the machine proxy records it. A hop that records after
+    /// that (a tunnel that closes later) is logged at once.
+    fn log_event(&self, id: &str, ev: &Event) {
+        let flush = {
+            let Ok(mut g) = self.inner.lock() else {
+                return;
+            };
+            if g.logged.contains(id) {
+                vec![ev.clone()]
+            } else {
+                g.log_pending
+                    .entry(id.to_string())
+                    .or_default()
+                    .push(ev.clone());
+                let direct = matches!(ev, Event::Machine(_)) && !g.opened.contains_key(id);
+                if direct {
+                    Self::take_pending(&mut g, id)
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        log_lines(id, &flush);
+    }
+
+    fn take_pending(g: &mut Inner, id: &str) -> Vec<Event> {
+        g.logged.insert(id.to_string());
+        chain_order(g.log_pending.remove(id).unwrap_or_default())
     }
 
     pub fn events(&self, id: &str) -> Vec<Event> {
@@ -551,6 +595,12 @@ impl TraceStore {
         cond: impl Fn(&[Event]) -> bool,
     ) -> Vec<Event> {
         self.wait_until(id, deadline, |_, evs| cond(evs)).await
+    }
+}
+
+fn log_lines(id: &str, events: &[Event]) {
+    for ev in events {
+        tracing::info!(target: "ingress_sim::hop", "[{id}] {:<8} {}", ev.hop(), ev.summary());
     }
 }
 
@@ -699,6 +749,104 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert!(t[0].1.is_some() && t[1].1.is_none(), "{t:?}");
         assert_eq!(s.hop_times("not-issued")[0].1, None);
+    }
+
+    /// Writes what a subscriber prints into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn hops_logged(out: &Captured) -> Vec<String> {
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .filter_map(|l| l.split_once("] ").map(|(_, rest)| rest))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn up_logs_hops_in_chain_order() {
+        let out = Captured::default();
+        let w = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let s = TraceStore::default();
+            s.log_events
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            // Through the edge: each hop records once the answer came back, innermost first.
+            let id = s.next_id();
+            s.record(&id, machine_event());
+            s.record(&id, provider_event());
+            s.record(&id, edge_event());
+            assert!(
+                hops_logged(&out).is_empty(),
+                "logged before the request was done"
+            );
+            s.finish(&id);
+            assert_eq!(hops_logged(&out), ["edge", "provider", "machine"]);
+            // A hop recorded after that is logged at once.
+            s.record(&id, provider_event());
+            assert_eq!(hops_logged(&out).len(), 4);
+            // Straight to a machine (an id the edge did not issue): logged when the machine
+            // proxy records, after the app did.
+            s.record("direct-1", app_event());
+            s.record("direct-1", machine_event());
+            assert_eq!(hops_logged(&out)[4..], ["machine", "app"]);
+        });
+    }
+
+    fn edge_event() -> Event {
+        Event::Edge(EdgeEvent {
+            method: "GET".into(),
+            url: "https://x.example/".into(),
+            route: None,
+            decision: "forwarded to the OS router".into(),
+            added_headers: vec![],
+        })
+    }
+
+    fn machine_event() -> Event {
+        Event::Machine(MachineEvent {
+            machine: "mach_1".into(),
+            method: "GET".into(),
+            path: "/".into(),
+            target_header: None,
+            target_port: Some(3000),
+            target_form: None,
+            upstream: None,
+            status: 200,
+            error: None,
+            upgraded: false,
+            bytes_in: 0,
+            bytes_out: 0,
+            completed: true,
+        })
+    }
+
+    fn app_event() -> Event {
+        Event::App(AppEvent {
+            machine: "mach_1".into(),
+            port: 3000,
+            kind: "echo".into(),
+            method: "GET".into(),
+            path_and_query: "/".into(),
+            headers: vec![],
+            body_bytes: 0,
+        })
     }
 
     #[tokio::test]

@@ -85,6 +85,44 @@ fn trace_human_format_names_the_refusing_hop() {
     );
 }
 
+/// The human trace shows body sizes: what the machine proxy took and gave, what the app got,
+/// and the response's.
+#[test]
+fn trace_human_shows_body_sizes() {
+    let w = world();
+    let (code, out, err) = run(&[
+        "trace",
+        "--world",
+        w.to_str().unwrap(),
+        "-d",
+        "hello",
+        "https://4096__mach_123.machines.iterate.town/upload",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let line = |hop: &str| {
+        let lines: Vec<&str> = out.lines().collect();
+        let i = lines
+            .iter()
+            .position(|l| l.starts_with(&format!("  {hop}")))
+            .unwrap_or_else(|| panic!("no {hop} line: {out}"));
+        (lines[i], lines.get(i + 1).copied().unwrap_or(""))
+    };
+    let (_, machine_sizes) = line("machine ");
+    assert!(
+        machine_sizes.trim_start().starts_with("5 bytes in, ")
+            && machine_sizes.ends_with(" bytes out"),
+        "{out}"
+    );
+    let (app, _) = line("app ");
+    assert!(app.ends_with("got POST /upload, body 5 bytes"), "{out}");
+    let (response, _) = line("response ");
+    let out_bytes = machine_sizes.trim().trim_start_matches("5 bytes in, ");
+    assert!(
+        response.ends_with(&format!("({})", out_bytes.trim_end_matches(" out"))),
+        "the response's size is what the machine proxy sent: {out}"
+    );
+}
+
 #[test]
 fn trace_json_format() {
     let w = world();

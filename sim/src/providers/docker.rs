@@ -173,10 +173,11 @@ async fn inspect(
                 .map_err(|e| DockerError::Unreachable(e.to_string()))?;
             r.headers_mut()
                 .insert(http::header::HOST, http::HeaderValue::from_static("docker"));
+            // The OS worker's fetch (workerd) words a refused connection its own way.
             let resp = net
                 .send(r)
                 .await
-                .map_err(|e| DockerError::Unreachable(e.to_string()))?;
+                .map_err(|e| DockerError::Unreachable(e.workerd_message()))?;
             read(resp).await
         }
         EngineEndpoint::Unix(sock) => engine_call(sock, http::Method::GET, path, None).await,

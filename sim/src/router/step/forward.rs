@@ -30,6 +30,9 @@ const EXCLUDED_RESPONSE_HEADERS: [&str; 3] = ["transfer-encoding", "connection",
 /// fetch's redirect limit.
 const MAX_REDIRECTS: usize = 20;
 
+/// workerd's words for a redirect (other than 303) of a request whose body was a stream.
+const ONE_TIME_BODY: &str = "A request with a one-time-use body (it was initialized from a stream, not a buffer) encountered a redirect requiring the body to be retransmitted. To avoid this error in the future, construct this request from a buffer-like body initializer.";
+
 fn set_header(h: &mut HeaderMap, name: &str, value: &str) {
     if let (Ok(n), Ok(v)) = (
         HeaderName::from_bytes(name.as_bytes()),
@@ -124,47 +127,49 @@ pub async fn forward_copying(
     let mut current_method = method.clone();
     let mut resp = match net.send(out).await {
         Ok(r) => r,
-        Err(e) => return Err(Refusal::proxy_error(e.to_string())),
+        Err(e) => return Err(Refusal::proxy_error(e.workerd_message())),
     };
-    // fetch's default redirect: "follow" (O4), for HTTP only.
+    // fetch's default redirect: "follow" (O4), for HTTP only, as the Workers runtime does it
+    // (docs/behaviour.md §3.1, redirects).
     if !websocket {
         while resp.status().is_redirection() && resp.status() != StatusCode::NOT_MODIFIED {
             let Some(loc) = resp
                 .headers()
                 .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             else {
                 break;
             };
-            if ev.redirects_followed.len() >= MAX_REDIRECTS {
-                return Err(Refusal::proxy_error(
-                    "fetch failed: redirect count exceeded",
-                ));
-            }
             let status = resp.status();
-            let next = resolve_location(&current_url, &loc);
-            ev.redirects_followed
-                .push(format!("{} {} → {next}", status.as_u16(), loc));
-            let had_body = !matches!(current_method, Method::GET | Method::HEAD);
-            let switch_to_get = status == StatusCode::SEE_OTHER && current_method != Method::HEAD
-                || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
-                    && current_method == Method::POST);
-            if switch_to_get {
-                current_method = Method::GET;
-            } else if had_body {
-                // A streamed body cannot be replayed (fetch: "duplex: half").
+            let Some(next) = resolve_location(&current_url, &loc) else {
                 return Err(Refusal::proxy_error(
-                    "fetch failed: cannot follow a redirect with a streamed body",
+                    "Invalid Location header; unable to follow redirect.",
                 ));
+            };
+            if ev.redirects_followed.len() >= MAX_REDIRECTS {
+                return Err(Refusal::proxy_error("Too many redirects."));
             }
             let mut h = headers.clone();
+            let mut note = String::new();
+            if !same_origin(&current_url, &next) && h.remove(header::AUTHORIZATION).is_some() {
+                note = " (another origin: authorization removed)".into();
+            }
+            ev.redirects_followed
+                .push(format!("{} {} → {next}{note}", status.as_u16(), loc));
+            let had_body = !matches!(current_method, Method::GET | Method::HEAD);
+            if status != StatusCode::SEE_OTHER && had_body {
+                // The request's body is the client's stream, which cannot be sent again.
+                return Err(Refusal::proxy_error(ONE_TIME_BODY));
+            }
+            let switch_to_get = status == StatusCode::SEE_OTHER && current_method != Method::HEAD;
             if switch_to_get {
+                current_method = Method::GET;
+                // The body is gone; its other Content-* headers stay (workerd keeps them).
                 h.remove(header::CONTENT_LENGTH);
-                h.remove(header::CONTENT_TYPE);
             }
             // The next hop's Host comes from its URL.
             h.remove(header::HOST);
+            headers = h.clone();
             out = match build(&current_method, &next, h, full("")) {
                 Ok(r) => r,
                 Err(e) => return Err(Refusal::proxy_error(e)),
@@ -172,7 +177,7 @@ pub async fn forward_copying(
             current_url = next;
             resp = match net.send(out).await {
                 Ok(r) => r,
-                Err(e) => return Err(Refusal::proxy_error(e.to_string())),
+                Err(e) => return Err(Refusal::proxy_error(e.workerd_message())),
             };
         }
     }
@@ -224,27 +229,20 @@ fn build(
     Ok(r)
 }
 
-/// Resolves a `Location` against the current URL (absolute, scheme-relative, absolute-path, or
-/// relative-path).
-fn resolve_location(current: &str, loc: &str) -> String {
-    if loc.starts_with("http://") || loc.starts_with("https://") {
-        return loc.to_string();
+/// Resolves a `Location` against the current URL with the WHATWG URL parser (workerd's
+/// `fetch_standard_url`); `None` when it is not a URL.
+fn resolve_location(current: &str, loc: &str) -> Option<String> {
+    let base = url::Url::parse(current).ok()?;
+    let next = base.join(loc).ok()?;
+    matches!(next.scheme(), "http" | "https").then(|| next.to_string())
+}
+
+/// Whether two URLs have the same origin (scheme, host, port).
+fn same_origin(a: &str, b: &str) -> bool {
+    match (url::Url::parse(a), url::Url::parse(b)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
     }
-    let (scheme, rest) = current.split_once("://").unwrap_or(("http", current));
-    if let Some(r) = loc.strip_prefix("//") {
-        return format!("{scheme}://{r}");
-    }
-    let authority = rest.split('/').next().unwrap_or("");
-    if loc.starts_with('/') {
-        return format!("{scheme}://{authority}{loc}");
-    }
-    let path = &rest[authority.len()..];
-    let path = path.split('?').next().unwrap_or("/");
-    let dir = match path.rfind('/') {
-        Some(i) => &path[..=i],
-        None => "/",
-    };
-    format!("{scheme}://{authority}{dir}{loc}")
 }
 
 #[cfg(test)]
@@ -254,12 +252,39 @@ mod tests {
     #[test]
     fn location_resolution() {
         let cur = "https://app.fly.dev/a/b?x=1";
-        assert_eq!(resolve_location(cur, "/login"), "https://app.fly.dev/login");
-        assert_eq!(resolve_location(cur, "c"), "https://app.fly.dev/a/c");
+        let r = |loc: &str| resolve_location(cur, loc);
+        assert_eq!(r("/login").as_deref(), Some("https://app.fly.dev/login"));
+        assert_eq!(r("c").as_deref(), Some("https://app.fly.dev/a/c"));
         assert_eq!(
-            resolve_location(cur, "//other.example/x"),
-            "https://other.example/x"
+            r("//other.example/x").as_deref(),
+            Some("https://other.example/x")
         );
-        assert_eq!(resolve_location(cur, "http://e.x/"), "http://e.x/");
+        assert_eq!(r("http://e.x/").as_deref(), Some("http://e.x/"));
+        // What resolving by hand got wrong: dot segments, a query-only reference, a scheme in
+        // capitals, backslashes (the WHATWG parser reads them as slashes in http(s) URLs).
+        assert_eq!(r("../up").as_deref(), Some("https://app.fly.dev/up"));
+        assert_eq!(r("?y=2").as_deref(), Some("https://app.fly.dev/a/b?y=2"));
+        assert_eq!(r("HTTPS://E.X/p").as_deref(), Some("https://e.x/p"));
+        assert_eq!(
+            r("\\\\evil.example\\x").as_deref(),
+            Some("https://evil.example/x")
+        );
+        // Not a URL, or not one fetch can follow.
+        assert_eq!(r("http://[::1"), None);
+        assert_eq!(r("mailto:a@b.example"), None);
+    }
+
+    #[test]
+    fn origins() {
+        assert!(same_origin(
+            "https://a.example/x",
+            "https://a.example:443/y?z"
+        ));
+        assert!(!same_origin("https://a.example/", "http://a.example/"));
+        assert!(!same_origin(
+            "https://a.example/",
+            "https://a.example:8443/"
+        ));
+        assert!(!same_origin("http://127.0.0.1:1/", "https://p.fly.dev/"));
     }
 }
