@@ -17,10 +17,22 @@ fn shown<T: std::fmt::Debug>(v: Option<T>) -> String {
 /// Returns one message per unmet expectation (empty when all hold).
 pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(e) = &doc.client_error {
-        out.push(format!("client error: {e}"));
-    }
     let e = &step.expect;
+    let refused = doc.client_error.as_deref().is_some_and(|c| {
+        c.starts_with("TLS handshake failed: received fatal alert: HandshakeFailure")
+    });
+    match &doc.client_error {
+        Some(_) if e.tls_refused && refused => {}
+        Some(c) => out.push(format!("client error: {c}")),
+        None if e.tls_refused => out.push(format!(
+            "tls_refused: expected the TLS handshake to be refused, got {}",
+            doc.response
+                .as_ref()
+                .map(|r| format!("status {}", r.status))
+                .unwrap_or_else(|| "no response".into())
+        )),
+        None => {}
+    }
     let resp = doc.response.as_ref();
     let body = resp.map(|r| &r.body);
     if let Some(want) = e.status {

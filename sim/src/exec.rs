@@ -176,9 +176,10 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
             }
         },
     };
+    let dial = |id: &str| dial_for(world, step, addr, id);
     if let Some(n) = step.concurrent {
         doc.request.via = format!("edge, {n} copies at once");
-        return run_concurrent(world, addr, step, n, doc).await;
+        return run_concurrent(world, &dial, step, n, doc).await;
     }
     if step.kind == StepKind::Browser {
         doc.request.via = "browser".into();
@@ -210,11 +211,12 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
     let id = world.trace().next_id();
     let mut headers = step.headers.clone();
     headers.push((TRACE_HEADER.to_string(), id.clone()));
+    let dial = dial(&id);
     let run = async {
         match step.kind {
-            StepKind::Http => run_http(addr, step, &headers, &mut doc).await,
-            StepKind::Sse => run_sse(world, addr, step, &headers, &mut doc).await,
-            StepKind::Websocket => run_ws(addr, step, &headers, &mut doc).await,
+            StepKind::Http => run_http(&dial, step, &headers, &mut doc).await,
+            StepKind::Sse => run_sse(world, &dial, step, &headers, &mut doc).await,
+            StepKind::Websocket => run_ws(&dial, step, &headers, &mut doc).await,
             // Handled above.
             StepKind::Browser => {}
         }
@@ -243,10 +245,25 @@ pub async fn run_step(world: &World, step: &Step) -> StepDoc {
     doc
 }
 
+/// How a step reaches the chain: straight to a machine (plain HTTP), or to the edge, over TLS
+/// when the URL is `https://`/`wss://` and the world has TLS on (the connection announced under
+/// the request's trace id, so that a refused handshake is traced).
+pub fn dial_for(world: &World, step: &Step, addr: std::net::SocketAddr, id: &str) -> client::Dial {
+    let secure = step.url.starts_with("https://") || step.url.starts_with("wss://");
+    if step.direct.is_some() || !secure || !world.tls_enabled() {
+        return client::Dial::plain(addr);
+    }
+    client::Dial {
+        addr: world.addrs.edge_tls,
+        tls: Some(world.tls_client()),
+        announce: Some((world.trace().clone(), id.to_string())),
+    }
+}
+
 /// Sends `n` copies of an http step at once; each copy's answer and decisions, sorted.
 async fn run_concurrent(
     world: &World,
-    addr: std::net::SocketAddr,
+    dial: &(dyn Fn(&str) -> client::Dial + Sync),
     step: &Step,
     n: usize,
     mut doc: StepDoc,
@@ -255,10 +272,11 @@ async fn run_concurrent(
         let id = world.trace().next_id();
         let mut headers = step.headers.clone();
         headers.push((TRACE_HEADER.to_string(), id.clone()));
+        let dial = dial(&id);
         async move {
             let mut d = StepDoc::new(step);
             let _ =
-                tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
+                tokio::time::timeout(STEP_TIMEOUT, run_http(&dial, step, &headers, &mut d)).await;
             (id, d)
         }
     });
@@ -398,13 +416,13 @@ async fn read_response(resp: http::Response<hyper::body::Incoming>) -> ResponseD
 }
 
 async fn run_http(
-    addr: std::net::SocketAddr,
+    dial: &client::Dial,
     step: &Step,
     headers: &[(String, String)],
     doc: &mut StepDoc,
 ) {
     let body = Bytes::from(step.body.clone().unwrap_or_default());
-    match client::send(addr, &step.method, &step.url, headers, body).await {
+    match client::send_via(dial, &step.method, &step.url, headers, body).await {
         Ok(resp) => doc.response = Some(read_response(resp).await),
         Err(e) => doc.client_error = Some(e.to_string()),
     }
@@ -412,12 +430,12 @@ async fn run_http(
 
 async fn run_sse(
     world: &World,
-    addr: std::net::SocketAddr,
+    dial: &client::Dial,
     step: &Step,
     headers: &[(String, String)],
     doc: &mut StepDoc,
 ) {
-    let resp = match client::send(addr, &step.method, &step.url, headers, Bytes::new()).await {
+    let resp = match client::send_via(dial, &step.method, &step.url, headers, Bytes::new()).await {
         Ok(r) => r,
         Err(e) => {
             doc.client_error = Some(e.to_string());
@@ -474,13 +492,8 @@ async fn run_sse(
     });
 }
 
-async fn run_ws(
-    addr: std::net::SocketAddr,
-    step: &Step,
-    headers: &[(String, String)],
-    doc: &mut StepDoc,
-) {
-    let (mut ws, resp) = match client::websocket(addr, &step.url, headers).await {
+async fn run_ws(dial: &client::Dial, step: &Step, headers: &[(String, String)], doc: &mut StepDoc) {
+    let (mut ws, resp) = match client::websocket_via(dial, &step.url, headers).await {
         Ok(pair) => pair,
         Err(ClientError::UpgradeRefused { status, body }) => {
             doc.response = Some(ResponseDoc {

@@ -93,6 +93,10 @@ pub struct Expect {
     /// `concurrent`: the copies' statuses, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub statuses: Vec<u16>,
+    /// The edge refuses the TLS handshake (no certificate covers the name): the client gets a
+    /// fatal `handshake_failure` alert and no response.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tls_refused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
