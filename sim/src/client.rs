@@ -231,19 +231,19 @@ pub async fn send_via(
 
 pub type WsStream = WebSocketStream<Conn>;
 
+/// An open WebSocket and the `101` that opened it.
+pub type WsOpened = (
+    WsStream,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+);
+
 /// Opens a WebSocket for `url` (ws/wss/http/https) through `addr`. A refused upgrade returns the
 /// HTTP status and body as an error message.
 pub async fn websocket(
     addr: SocketAddr,
     url: &str,
     headers: &[(String, String)],
-) -> Result<
-    (
-        WsStream,
-        tokio_tungstenite::tungstenite::handshake::client::Response,
-    ),
-    ClientError,
-> {
+) -> Result<WsOpened, ClientError> {
     websocket_via(&Dial::plain(addr), url, headers).await
 }
 
@@ -252,13 +252,7 @@ pub async fn websocket_via(
     dial: &Dial,
     url: &str,
     headers: &[(String, String)],
-) -> Result<
-    (
-        WsStream,
-        tokio_tungstenite::tungstenite::handshake::client::Response,
-    ),
-    ClientError,
-> {
+) -> Result<WsOpened, ClientError> {
     let u = PublicUrl::parse(url)?;
     let mut req = format!("ws://{}{}", u.authority, u.path_and_query)
         .into_client_request()

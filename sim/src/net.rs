@@ -27,6 +27,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub use crate::tls::{TlsPolicy, TlsSession};
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
 
@@ -275,7 +277,11 @@ impl SimNetwork {
                     .map(str::to_string);
                 let hook = self.tls_failure.read().ok().and_then(|h| h.clone());
                 if let Some(hook) = hook {
-                    hook(id.as_deref(), &host, &e.to_string());
+                    hook(
+                        id.as_deref(),
+                        &host,
+                        &crate::tls::describe_handshake_error(&e),
+                    );
                 }
                 invalid_certificate_response().await
             }
@@ -418,63 +424,15 @@ pub type Handler = Arc<
 
 /// Serves HTTP/1.1 (with upgrades) on `listener` until `stop` turns true; then every connection is
 /// closed at once (a simulated server that goes away does not drain).
-pub fn serve_http(listener: TcpListener, handler: Handler, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                acc = listener.accept() => {
-                    let Ok((stream, peer)) = acc else { continue };
-                    let _ = stream.set_nodelay(true);
-                    let h = handler.clone();
-                    conns.spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let h = h.clone();
-                            async move { Ok::<_, Infallible>(h(req, peer).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .with_upgrades()
-                            .await;
-                    });
-                }
-            }
-        }
-        drop(listener);
-        conns.abort_all();
-    });
+pub fn serve_http(listener: TcpListener, handler: Handler, stop: watch::Receiver<bool>) {
+    serve(listener, handler, None, stop);
 }
 
-/// What a TLS server does with a ClientHello.
-pub trait TlsPolicy: Send + Sync {
-    /// The configuration to finish the handshake with and what the connection's requests carry
-    /// (in their extensions), or why the handshake is refused (then the client gets a fatal
-    /// `handshake_failure` alert).
-    fn choose(
-        &self,
-        sni: Option<&str>,
-        peer: SocketAddr,
-    ) -> Result<(Arc<rustls::ServerConfig>, TlsSession), String>;
-}
-
-/// What a request that came over TLS carries in its extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsSession {
-    pub sni: Option<String>,
-    /// The certificate presented, described by the policy.
-    pub certificate: String,
-    /// `TLSv1_3`, `TLSv1_2`.
-    pub version: String,
-}
-
-/// Serves HTTP/1.1 over TLS on `listener`, the certificate picked per connection by `policy`, until
-/// `stop` turns true (as [`serve_http`]).
-pub fn serve_https(
+/// The accept loop of [`serve_http`] and [`serve_https`].
+fn serve(
     listener: TcpListener,
     handler: Handler,
-    policy: Arc<dyn TlsPolicy>,
+    tls: Option<Arc<dyn TlsPolicy>>,
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
@@ -487,22 +445,16 @@ pub fn serve_https(
                     let Ok((stream, peer)) = acc else { continue };
                     let _ = stream.set_nodelay(true);
                     let h = handler.clone();
-                    let policy = policy.clone();
+                    let tls = tls.clone();
                     conns.spawn(async move {
-                        let Some((stream, session)) =
-                            crate::tls::accept(stream, peer, &*policy).await
-                        else {
-                            return;
+                        let Some(policy) = tls else {
+                            return serve_connection(stream, h, peer, None).await;
                         };
-                        let svc = service_fn(move |mut req: Request<Incoming>| {
-                            let h = h.clone();
-                            req.extensions_mut().insert(session.clone());
-                            async move { Ok::<_, Infallible>(h(req, peer).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .with_upgrades()
-                            .await;
+                        if let Some((stream, session)) =
+                            crate::tls::accept(stream, peer, &*policy).await
+                        {
+                            serve_connection(stream, h, peer, Some(session)).await;
+                        }
                     });
                 }
             }
@@ -510,6 +462,35 @@ pub fn serve_https(
         drop(listener);
         conns.abort_all();
     });
+}
+
+/// Serves one connection; a TLS connection's requests carry its [`TlsSession`].
+async fn serve_connection<S>(stream: S, h: Handler, peer: SocketAddr, session: Option<TlsSession>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        let h = h.clone();
+        if let Some(s) = &session {
+            req.extensions_mut().insert(s.clone());
+        }
+        async move { Ok::<_, Infallible>(h(req, peer).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await;
+}
+
+/// Serves HTTP/1.1 over TLS on `listener`, the certificate picked per connection by `policy`, until
+/// `stop` turns true (as [`serve_http`]).
+pub fn serve_https(
+    listener: TcpListener,
+    handler: Handler,
+    policy: Arc<dyn TlsPolicy>,
+    stop: watch::Receiver<bool>,
+) {
+    serve(listener, handler, Some(policy), stop);
 }
 
 fn socket_for(addr: SocketAddr) -> std::io::Result<socket2::Socket> {

@@ -15,6 +15,7 @@
 //! `docs/behaviour.md` §8.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
@@ -431,15 +432,37 @@ pub fn zone_of(host: &str) -> Option<String> {
     Some(labels[labels.len() - 2..].join(".").to_ascii_lowercase())
 }
 
+/// What a TLS server does with a ClientHello.
+pub trait TlsPolicy: Send + Sync {
+    /// The configuration to finish the handshake with and what the connection's requests carry
+    /// (in their extensions), or why the handshake is refused (then the client gets a fatal
+    /// `handshake_failure` alert).
+    fn choose(
+        &self,
+        sni: Option<&str>,
+        peer: SocketAddr,
+    ) -> Result<(Arc<rustls::ServerConfig>, TlsSession), String>;
+}
+
+/// What a request that came over TLS carries in its extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSession {
+    pub sni: Option<String>,
+    /// The certificate presented, described by the policy.
+    pub certificate: String,
+    /// `TLSv1_3`, `TLSv1_2`.
+    pub version: String,
+}
+
 /// Reads a ClientHello from `stream`, asks `policy` for a certificate, and finishes the handshake;
 /// a refused one gets [`HANDSHAKE_FAILURE_ALERT`] and the connection is closed (None).
 pub async fn accept(
     mut stream: tokio::net::TcpStream,
     peer: std::net::SocketAddr,
-    policy: &dyn crate::net::TlsPolicy,
+    policy: &dyn TlsPolicy,
 ) -> Option<(
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-    crate::net::TlsSession,
+    TlsSession,
 )> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut acceptor = rustls::server::Acceptor::default();
@@ -507,6 +530,33 @@ where
     tokio_rustls::TlsConnector::from(config)
         .connect(name, stream)
         .await
+}
+
+/// A failed client handshake in words that do not change from run to run (rustls's own messages
+/// carry the verification time).
+pub fn describe_handshake_error(e: &std::io::Error) -> String {
+    use rustls::CertificateError as C;
+    let Some(err) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    else {
+        return e.to_string();
+    };
+    match err {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Expired | C::ExpiredContext { .. } => "invalid peer certificate: expired".into(),
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "invalid peer certificate: not valid yet".into()
+            }
+            C::UnknownIssuer => "invalid peer certificate: unknown issuer".into(),
+            C::BadSignature => "invalid peer certificate: bad signature".into(),
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "invalid peer certificate: not valid for the name".into()
+            }
+            other => format!("invalid peer certificate: {other:?}"),
+        },
+        other => other.to_string(),
+    }
 }
 
 /// A TLS record carrying a fatal `handshake_failure` alert (what Cloudflare answers a ClientHello
