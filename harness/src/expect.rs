@@ -17,9 +17,6 @@ fn shown<T: std::fmt::Debug>(v: Option<T>) -> String {
 /// Returns one message per unmet expectation (empty when all hold).
 pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
     let mut out = Vec::new();
-    if let Some(e) = &doc.client_error {
-        out.push(format!("client error: {e}"));
-    }
     // Hops that disagree fail the step (docs/trace.md, invariants), unless the step names the
     // violation as the bug it reproduces under this generation; a named one must occur.
     let generation = doc.hops.iter().find_map(|h| match h {
@@ -46,6 +43,21 @@ pub fn check(step: &Step, doc: &StepDoc) -> Vec<String> {
         }
     }
     let e = &step.expect;
+    let refused = doc.client_error.as_deref().is_some_and(|c| {
+        c.starts_with("TLS handshake failed: received fatal alert: HandshakeFailure")
+    });
+    match &doc.client_error {
+        Some(_) if e.tls_refused && refused => {}
+        Some(c) => out.push(format!("client error: {c}")),
+        None if e.tls_refused => out.push(format!(
+            "tls_refused: expected the TLS handshake to be refused, got {}",
+            doc.response
+                .as_ref()
+                .map(|r| format!("status {}", r.status))
+                .unwrap_or_else(|| "no response".into())
+        )),
+        None => {}
+    }
     let resp = doc.response.as_ref();
     let body = resp.map(|r| &r.body);
     if let Some(want) = e.status {

@@ -19,7 +19,7 @@ fn fixtures() -> PathBuf {
             ),
             (
                 "demo/no_route.toml",
-                "description = \"no route\"\nworld = \"default\"\n[[steps]]\nurl = \"https://google.com/\"\nexpect = { status = 404, error = \"edge_no_route\" }\n",
+                "description = \"no route\"\nworld = \"default\"\n[[steps]]\nurl = \"https://iterate.app/\"\nexpect = { status = 404, error = \"edge_no_route\" }\n",
             ),
         ],
     )

@@ -16,6 +16,7 @@
 //! The step's document lists every navigation (method, URL, status, cookies sent, `Set-Cookie`
 //! received and whether the jar kept it, `Location`, and the hops' decisions), then the final page.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::cookie::{CookieStore, Jar};
@@ -140,9 +141,13 @@ pub async fn run(world: &World, step: &Step) -> Result<BrowserRun, String> {
             s.token, public.origin
         ));
     }
+    // Over TLS the browser trusts the world's CA only, and every name resolves to loopback (the
+    // edge's TLS port is put in the URL it connects to; `Host` stays the page's authority).
     let client = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .use_preconfigured_tls((*world.tls_client()).clone())
+        .dns_resolver(Arc::new(Loopback))
         .build()
     {
         Ok(c) => c,
@@ -175,8 +180,13 @@ pub async fn run(world: &World, step: &Step) -> Result<BrowserRun, String> {
             .cookies(&url)
             .and_then(|v| v.to_str().ok().map(str::to_string));
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let target = if url.scheme() == "https" && world.tls_enabled() {
+            format!("https://{host}:{}{pq}", world.addrs.edge_tls.port())
+        } else {
+            format!("http://{edge}{pq}")
+        };
         let mut rb = client
-            .request(m, format!("http://{edge}{pq}"))
+            .request(m, target)
             .header("host", &authority)
             .header(TRACE_HEADER, &id);
         for (k, v) in &extra {
@@ -306,6 +316,19 @@ pub async fn run(world: &World, step: &Step) -> Result<BrowserRun, String> {
         p
     });
     Ok(BrowserRun { doc: b, final_page })
+}
+
+/// A resolver that answers every name with loopback (the sim network's hops all live there).
+struct Loopback;
+
+impl reqwest::dns::Resolve for Loopback {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            0,
+        ))));
+        Box::pin(std::future::ready(Ok(addrs)))
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,12 @@
 //! A client for public URLs: connects to the world's edge (or any address) and sends the request
-//! with `Host` taken from the URL, as a browser behind DNS would.
+//! with `Host` taken from the URL, as a browser behind DNS would. With a [`Dial`] that carries a
+//! TLS configuration it speaks TLS first, the URL's host as SNI and as the name the certificate is
+//! checked against.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -22,6 +27,8 @@ pub enum ClientError {
     Header(String),
     #[error("cannot connect to {0}: {1}")]
     Connect(SocketAddr, std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     #[error("http: {0}")]
     Http(#[from] hyper::Error),
     #[error("websocket: {0}")]
@@ -70,10 +77,122 @@ fn header_pair(k: &str, v: &str) -> Result<(HeaderName, HeaderValue), ClientErro
     ))
 }
 
+/// Where and how a client connects.
+#[derive(Clone)]
+pub struct Dial {
+    pub addr: SocketAddr,
+    /// Speak TLS with this configuration (it says which CA is trusted).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Before the TLS handshake, tell this trace store which request id the connection is for
+    /// (a refused handshake is recorded under it).
+    pub announce: Option<(Arc<crate::trace::TraceStore>, String)>,
+}
+
+impl Dial {
+    pub fn plain(addr: SocketAddr) -> Dial {
+        Dial {
+            addr,
+            tls: None,
+            announce: None,
+        }
+    }
+
+    /// Connects, and for TLS does the handshake for `host`.
+    pub async fn connect(&self, host: &str) -> Result<Conn, ClientError> {
+        let stream = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| ClientError::Connect(self.addr, e))?;
+        let _ = stream.set_nodelay(true);
+        let Some(cfg) = &self.tls else {
+            return Ok(Conn::Plain(stream));
+        };
+        if let Some((trace, id)) = &self.announce
+            && let Ok(local) = stream.local_addr()
+        {
+            trace.announce_connection(local, id);
+        }
+        crate::tls::connect(cfg.clone(), host, stream)
+            .await
+            .map(|s| Conn::Tls(Box::new(s)))
+            .map_err(|e| ClientError::Tls(e.to_string()))
+    }
+}
+
+/// A client connection, plain or TLS.
+pub enum Conn {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The host part of an authority (`[::1]:8080` → `[::1]`, `a.b:443` → `a.b`).
+fn host_of(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .split_once(']')
+            .map(|(h, _)| &authority[..=h.len()])
+            .unwrap_or(authority);
+    }
+    authority
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(authority)
+}
+
 /// Sends one HTTP request for `url` to `addr` on a fresh connection. A `Host` given overrides the
 /// one derived from the URL; a second `Host` given is sent as well (two fields).
 pub async fn send(
     addr: SocketAddr,
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Bytes,
+) -> Result<Response<Incoming>, ClientError> {
+    send_via(&Dial::plain(addr), method, url, headers, body).await
+}
+
+/// As [`send`], connecting as `dial` says.
+pub async fn send_via(
+    dial: &Dial,
     method: &str,
     url: &str,
     headers: &[(String, String)],
@@ -104,9 +223,7 @@ pub async fn send(
         req.headers_mut()
             .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| ClientError::Connect(addr, e))?;
+    let stream = dial.connect(host_of(&u.authority)).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
@@ -114,7 +231,13 @@ pub async fn send(
     Ok(sender.send_request(req).await?)
 }
 
-pub type WsStream = WebSocketStream<TcpStream>;
+pub type WsStream = WebSocketStream<Conn>;
+
+/// An open WebSocket and the `101` that opened it.
+pub type WsOpened = (
+    WsStream,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+);
 
 /// Opens a WebSocket for `url` (ws/wss/http/https) through `addr`. A refused upgrade returns the
 /// HTTP status and body as an error message.
@@ -122,13 +245,16 @@ pub async fn websocket(
     addr: SocketAddr,
     url: &str,
     headers: &[(String, String)],
-) -> Result<
-    (
-        WsStream,
-        tokio_tungstenite::tungstenite::handshake::client::Response,
-    ),
-    ClientError,
-> {
+) -> Result<WsOpened, ClientError> {
+    websocket_via(&Dial::plain(addr), url, headers).await
+}
+
+/// As [`websocket`], connecting as `dial` says.
+pub async fn websocket_via(
+    dial: &Dial,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<WsOpened, ClientError> {
     let u = PublicUrl::parse(url)?;
     let mut req = format!("ws://{}{}", u.authority, u.path_and_query)
         .into_client_request()
@@ -137,9 +263,7 @@ pub async fn websocket(
         let (k, v) = header_pair(k, v)?;
         req.headers_mut().insert(k, v);
     }
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| ClientError::Connect(addr, e))?;
+    let stream = dial.connect(host_of(&u.authority)).await?;
     tokio_tungstenite::client_async(req, stream)
         .await
         .map_err(|e| match e {
@@ -292,6 +416,9 @@ mod tests {
         assert!(PublicUrl::parse("not a url").is_err());
         assert!(PublicUrl::parse("/relative").is_err());
         assert!(PublicUrl::parse("ftp://x/").is_err());
+        assert_eq!(host_of("a.b:443"), "a.b");
+        assert_eq!(host_of("a.b"), "a.b");
+        assert_eq!(host_of("[::1]:8080"), "[::1]");
     }
 
     fn events(chunks: &[&[u8]]) -> Vec<String> {

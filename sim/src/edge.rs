@@ -1,7 +1,9 @@
 //! The edge (Cloudflare in production): a request reaches the OS router only when a worker route
 //! from `OS_WORKER_ROUTES` matches its URL (see [`crate::route_pattern`] for our reading of the
-//! matching rules). The public scheme is `https` (TLS is not modelled: the client speaks plain HTTP
-//! to the edge's loopback port, and the `Host` header names the public hostname).
+//! matching rules). The public scheme is `https`. The edge listens twice: over TLS (its
+//! certificates picked by SNI, [`EdgeTls`]; a name none covers fails the handshake, recorded as an
+//! edge decision) and over plain HTTP (the `Host` header names the public hostname, as before TLS
+//! was modelled).
 //!
 //! No route → `404 {"error":"edge_no_route","details":{"hostname":…,"path":…}}`: in production
 //! such a request would go to the zone's origin, which this world does not have.
@@ -24,8 +26,72 @@ use crate::model::request_hostname;
 use crate::net::{
     BoxBody, OnEnd, SimNetwork, boxed, is_upgrade, json_response, relay_response, text_response,
 };
+use crate::net::{TlsPolicy, TlsSession};
 use crate::route_pattern::{RoutePattern, best_match};
+use crate::tls::{EdgeCertificates, SimCa, SniChoice};
 use crate::trace::{EdgeEvent, Event, TRACE_HEADER, TraceStore};
+
+/// The edge's TLS: its certificates, the CA that signs them in this world, and the trace a refused
+/// handshake is recorded into.
+pub struct EdgeTls {
+    pub certificates: EdgeCertificates,
+    pub ca: Arc<SimCa>,
+    pub trace: Arc<TraceStore>,
+}
+
+impl TlsPolicy for EdgeTls {
+    fn choose(
+        &self,
+        sni: Option<&str>,
+        peer: SocketAddr,
+    ) -> Result<(Arc<rustls::ServerConfig>, TlsSession), String> {
+        let announced = self.trace.connection_id(peer);
+        let why = match self.certificates.choose(sni) {
+            SniChoice::Certificate(cert) => match self.ca.server_config(&cert.sans, None) {
+                Ok(cfg) => {
+                    return Ok((
+                        cfg,
+                        TlsSession {
+                            sni: sni.map(str::to_string),
+                            certificate: cert.describe(),
+                            version: String::new(),
+                        },
+                    ));
+                }
+                Err(e) => format!("cannot issue {}: {e}", cert.describe()),
+            },
+            SniChoice::Refused(why) => why,
+        };
+        let id = announced.unwrap_or_else(|| self.trace.next_id());
+        let host = sni.unwrap_or("");
+        self.trace.record(
+            &id,
+            Event::Edge(EdgeEvent {
+                method: "TLS".into(),
+                url: format!("https://{host}"),
+                route: None,
+                decision: format!(
+                    "refused: TLS handshake for SNI {}: {why} → fatal alert handshake_failure",
+                    sni.unwrap_or("(none)")
+                ),
+                tls: None,
+                added_headers: vec![],
+            }),
+        );
+        self.trace.finish(&id);
+        Err(why)
+    }
+}
+
+/// How a request's TLS session reads in the trace.
+fn describe_session(s: &TlsSession) -> String {
+    format!(
+        "SNI {} → {} ({})",
+        s.sni.as_deref().unwrap_or("(none)"),
+        s.certificate,
+        s.version
+    )
+}
 
 /// What the edge reads: the worker routes, its origin timeout, where the OS router is, the
 /// network and the trace.
@@ -70,6 +136,7 @@ pub async fn handle(
         url: url.clone(),
         route: None,
         decision: String::new(),
+        tls: req.extensions().get::<TlsSession>().map(describe_session),
         added_headers: vec![],
     };
     let hosts = req.headers().get_all(header::HOST).iter().count();

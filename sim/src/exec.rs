@@ -223,14 +223,15 @@ async fn run_step_hops(world: &World, step: &Step) -> StepDoc {
             }
         },
     };
+    let dial = |id: &str| dial_for(world, step, addr, id);
     if let Some(n) = step.concurrent {
         doc.request.via = format!("edge, {n} copies at once");
-        return run_concurrent(world, addr, step, n, doc).await;
+        return run_concurrent(world, &dial, step, n, doc).await;
     }
     if step.kind == StepKind::Burst {
         let n = step.count.unwrap_or(2);
         doc.request.via = format!("edge, a burst of {n} at once");
-        return run_burst(world, addr, step, n, doc).await;
+        return run_burst(world, &dial, step, n, doc).await;
     }
     if step.kind == StepKind::Browser {
         doc.request.via = "browser".into();
@@ -262,11 +263,12 @@ async fn run_step_hops(world: &World, step: &Step) -> StepDoc {
     let id = world.trace().next_id();
     let mut headers = step.headers.clone();
     headers.push((TRACE_HEADER.to_string(), id.clone()));
+    let dial = dial(&id);
     let run = async {
         match step.kind {
-            StepKind::Http => run_http(addr, step, &headers, &mut doc).await,
-            StepKind::Sse => run_sse(world, addr, step, &headers, &mut doc).await,
-            StepKind::Websocket => run_ws(addr, step, &headers, &mut doc).await,
+            StepKind::Http => run_http(&dial, step, &headers, &mut doc).await,
+            StepKind::Sse => run_sse(world, &dial, step, &headers, &mut doc).await,
+            StepKind::Websocket => run_ws(&dial, step, &headers, &mut doc).await,
             // Handled above.
             StepKind::Browser | StepKind::Burst => {}
         }
@@ -295,15 +297,30 @@ async fn run_step_hops(world: &World, step: &Step) -> StepDoc {
     doc
 }
 
+/// How a step reaches the chain: straight to a machine (plain HTTP), or to the edge, over TLS
+/// when the URL is `https://`/`wss://` and the world has TLS on (the connection announced under
+/// the request's trace id, so that a refused handshake is traced).
+pub fn dial_for(world: &World, step: &Step, addr: std::net::SocketAddr, id: &str) -> client::Dial {
+    let secure = step.url.starts_with("https://") || step.url.starts_with("wss://");
+    if step.direct.is_some() || !secure || !world.tls_enabled() {
+        return client::Dial::plain(addr);
+    }
+    client::Dial {
+        addr: world.addrs.edge_tls,
+        tls: Some(world.tls_client()),
+        announce: Some((world.trace().clone(), id.to_string())),
+    }
+}
+
 /// Sends `n` copies of an http step at once; each copy's answer and decisions, sorted.
 async fn run_concurrent(
     world: &World,
-    addr: std::net::SocketAddr,
+    dial: &(dyn Fn(&str) -> client::Dial + Sync),
     step: &Step,
     n: usize,
     mut doc: StepDoc,
 ) -> StepDoc {
-    let done = send_copies(world, addr, step, n).await;
+    let done = send_copies(world, dial, step, n).await;
     for (id, d) in done {
         let evs = world
             .trace()
@@ -356,7 +373,7 @@ async fn run_concurrent(
 /// Sends `n` copies of an http step at once, each with its own trace id.
 async fn send_copies(
     world: &World,
-    addr: std::net::SocketAddr,
+    dial: &(dyn Fn(&str) -> client::Dial + Sync),
     step: &Step,
     n: usize,
 ) -> Vec<(String, StepDoc)> {
@@ -364,10 +381,11 @@ async fn send_copies(
         let id = world.trace().next_id();
         let mut headers = step.headers.clone();
         headers.push((TRACE_HEADER.to_string(), id.clone()));
+        let dial = dial(&id);
         async move {
             let mut d = StepDoc::new(step);
             let _ =
-                tokio::time::timeout(STEP_TIMEOUT, run_http(addr, step, &headers, &mut d)).await;
+                tokio::time::timeout(STEP_TIMEOUT, run_http(&dial, step, &headers, &mut d)).await;
             (id, d)
         }
     });
@@ -401,7 +419,7 @@ pub struct BurstDoc {
 /// Sends `n` copies of an http step at once and counts what happened.
 async fn run_burst(
     world: &World,
-    addr: std::net::SocketAddr,
+    dial: &(dyn Fn(&str) -> client::Dial + Sync),
     step: &Step,
     n: usize,
     mut doc: StepDoc,
@@ -409,7 +427,7 @@ async fn run_burst(
     let db = world.db();
     let before = db.stats();
     db.reset_high_water();
-    let done = send_copies(world, addr, step, n).await;
+    let done = send_copies(world, dial, step, n).await;
     let after = db.stats();
     let mut b = BurstDoc {
         requests: n,
@@ -553,13 +571,13 @@ async fn read_response(resp: http::Response<hyper::body::Incoming>) -> ResponseD
 }
 
 async fn run_http(
-    addr: std::net::SocketAddr,
+    dial: &client::Dial,
     step: &Step,
     headers: &[(String, String)],
     doc: &mut StepDoc,
 ) {
     let body = Bytes::from(step.body.clone().unwrap_or_default());
-    match client::send(addr, &step.method, &step.url, headers, body).await {
+    match client::send_via(dial, &step.method, &step.url, headers, body).await {
         Ok(resp) => doc.response = Some(read_response(resp).await),
         Err(e) => doc.client_error = Some(e.to_string()),
     }
@@ -567,12 +585,12 @@ async fn run_http(
 
 async fn run_sse(
     world: &World,
-    addr: std::net::SocketAddr,
+    dial: &client::Dial,
     step: &Step,
     headers: &[(String, String)],
     doc: &mut StepDoc,
 ) {
-    let resp = match client::send(addr, &step.method, &step.url, headers, Bytes::new()).await {
+    let resp = match client::send_via(dial, &step.method, &step.url, headers, Bytes::new()).await {
         Ok(r) => r,
         Err(e) => {
             doc.client_error = Some(e.to_string());
@@ -678,13 +696,8 @@ where
     }
 }
 
-async fn run_ws(
-    addr: std::net::SocketAddr,
-    step: &Step,
-    headers: &[(String, String)],
-    doc: &mut StepDoc,
-) {
-    let (mut ws, resp) = match client::websocket(addr, &step.url, headers).await {
+async fn run_ws(dial: &client::Dial, step: &Step, headers: &[(String, String)], doc: &mut StepDoc) {
+    let (mut ws, resp) = match client::websocket_via(dial, &step.url, headers).await {
         Ok(pair) => pair,
         Err(ClientError::UpgradeRefused { status, body }) => {
             doc.response = Some(ResponseDoc {

@@ -26,6 +26,7 @@ pub mod router;
 pub mod runtime;
 pub mod scenario;
 pub mod standalone;
+pub mod tls;
 pub mod trace;
 pub mod worker;
 pub mod world;

@@ -436,7 +436,15 @@ async fn up(
         .log_events
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let edge = w.addrs.edge;
+    let edge_tls = w.addrs.edge_tls;
+    // The root of this run's CA, for `curl --cacert` (never installed anywhere; removed on exit).
+    let ca_dir = std::env::temp_dir().join(format!("ingress-sim-{}", std::process::id()));
+    let ca = ca_dir.join("ca.pem");
+    std::fs::create_dir_all(&ca_dir).with_context(|| format!("creating {}", ca_dir.display()))?;
+    std::fs::write(&ca, w.ca().root_pem()).with_context(|| format!("writing {}", ca.display()))?;
     println!("edge: http://{edge}");
+    println!("edge-tls: https://{edge_tls}");
+    println!("ca: {}", ca.display());
     println!(
         "world {:?} (router {}) started in {:.1?}",
         w.spec().name,
@@ -469,6 +477,14 @@ async fn up(
             edge.ip(),
             edge.port()
         );
+        let port = edge_tls.port();
+        let ca = ca.display();
+        println!(
+            "  curl -s --cacert {ca} --resolve {id}.machines.iterate.town:{port}:127.0.0.1 https://{id}.machines.iterate.town:{port}/hello   # over TLS, trusting this run's CA only"
+        );
+        println!(
+            "  curl -s --cacert {ca} --resolve 4096__{id}.machines.iterate.town:{port}:127.0.0.1 https://4096__{id}.machines.iterate.town:{port}/session   # a wildcard certificate for a name with '_'"
+        );
         println!(
             "  curl -s -H 'x-iterate-proxy-target-host: localhost:3000' http://{}/direct   # straight to {id}'s :8080",
             m.proxy_addr()
@@ -487,6 +503,7 @@ async fn up(
     }
     eprintln!("stopping");
     w.shutdown().await;
+    let _ = std::fs::remove_dir_all(&ca_dir);
     Ok(())
 }
 

@@ -1,9 +1,13 @@
 //! The "sim network" and the HTTP client every simulated hop uses.
 //!
 //! Production hostnames (`<app>.fly.dev`, `8080-<id>.proxy.daytona.works`, the Docker engine) map
-//! to loopback addresses here, so the OS router builds the same URLs as production. TLS is not
-//! modelled: an `https://` URL is carried over plain HTTP to the mapped loopback address (the URL,
-//! scheme included, is what traces show).
+//! to loopback addresses here, so the OS router builds the same URLs as production.
+//!
+//! TLS lives here too: [`serve_https`] terminates TLS with the certificate a [`TlsPolicy`] picks by
+//! SNI (or refuses the handshake), and [`SimNetwork::send`] speaks TLS to an `https://` URL when the
+//! network has a client configuration ([`SimNetwork::set_tls_client`]), verifying the server's
+//! certificate against the sim CA as the Workers runtime verifies an origin's. Without one an
+//! `https://` URL is carried over plain HTTP to the mapped address.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -22,6 +26,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+pub use crate::tls::{TlsPolicy, TlsSession};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type BoxBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -72,10 +78,24 @@ struct Entry {
     refused: bool,
 }
 
+/// Called when a TLS handshake of [`SimNetwork::send`] fails: the trace id of the request (from
+/// its trace header), the host, and the error.
+pub type TlsFailureHook = Arc<dyn Fn(Option<&str>, &str, &str) + Send + Sync>;
+
 /// Maps production hostnames to loopback addresses.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SimNetwork {
     entries: RwLock<Vec<Entry>>,
+    tls_client: RwLock<Option<Arc<rustls::ClientConfig>>>,
+    tls_failure: RwLock<Option<TlsFailureHook>>,
+}
+
+impl std::fmt::Debug for SimNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimNetwork")
+            .field("entries", &self.entries)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a name did not give a connection.
@@ -91,7 +111,13 @@ pub enum NetError {
     Http(#[from] hyper::Error),
     #[error("invalid url: {0}")]
     Url(String),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(String, String),
 }
+
+/// The status and body the Workers runtime gives a subrequest whose origin certificate does not
+/// verify (Cloudflare's error 526, "Invalid SSL certificate").
+pub const INVALID_CERTIFICATE_STATUS: u16 = 526;
 
 /// What Node's fetch (undici) says when a request fails after the connection was made: a
 /// connection that the other side closed before a complete response is `other side closed`
@@ -215,6 +241,24 @@ impl SimNetwork {
         }
     }
 
+    /// Speak TLS to `https://` URLs with this configuration (it says which CA is trusted).
+    pub fn set_tls_client(&self, config: Arc<rustls::ClientConfig>) {
+        if let Ok(mut c) = self.tls_client.write() {
+            *c = Some(config);
+        }
+    }
+
+    /// Who is told about a failed TLS handshake (the runtime records it as the provider's).
+    pub fn on_tls_failure(&self, hook: TlsFailureHook) {
+        if let Ok(mut h) = self.tls_failure.write() {
+            *h = Some(hook);
+        }
+    }
+
+    fn tls_client(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls_client.read().ok()?.clone()
+    }
+
     /// Opens a connection for an absolute URL.
     pub async fn connect(&self, uri: &Uri) -> Result<TcpStream, NetError> {
         let host = uri.host().ok_or_else(|| NetError::Url(uri.to_string()))?;
@@ -237,9 +281,17 @@ impl SimNetwork {
 
     /// Sends one request (absolute URI) on a fresh connection with upgrades enabled. Sets `Host`
     /// from the URL when absent (as fetch does) and sends the origin-form target.
+    ///
+    /// An `https://` URL goes over TLS when the network has a client configuration; a certificate
+    /// that does not verify gives the answer the Workers runtime gives, a `526` (see
+    /// [`INVALID_CERTIFICATE_STATUS`]), and the failure hook is told.
     pub async fn send(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, NetError> {
         let uri = req.uri().clone();
         let stream = self.connect(&uri).await?;
+        let tls = match (uri.scheme_str(), self.tls_client()) {
+            (Some("https"), Some(cfg)) => Some(cfg),
+            _ => None,
+        };
         if !req.headers().contains_key(header::HOST)
             && let Some(auth) = uri.authority()
             && let Ok(v) = HeaderValue::from_str(auth.as_str())
@@ -250,13 +302,66 @@ impl SimNetwork {
             .path_and_query()
             .map(|pq| Uri::from(pq.clone()))
             .unwrap_or_else(|| Uri::from_static("/"));
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender.send_request(req).await?)
+        let Some(cfg) = tls else {
+            return send_on(stream, req).await;
+        };
+        let host = uri.host().unwrap_or_default().to_string();
+        match crate::tls::connect(cfg, &host, stream).await {
+            Ok(tls) => send_on(tls, req).await,
+            Err(e) => {
+                let id = req
+                    .headers()
+                    .get(crate::trace::TRACE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let hook = self.tls_failure.read().ok().and_then(|h| h.clone());
+                if let Some(hook) = hook {
+                    hook(
+                        id.as_deref(),
+                        &host,
+                        &crate::tls::describe_handshake_error(&e),
+                    );
+                }
+                invalid_certificate_response().await
+            }
+        }
     }
+}
+
+/// Sends one request on a connection (upgrades enabled).
+async fn send_on<S>(stream: S, req: Request<BoxBody>) -> Result<Response<Incoming>, NetError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender.send_request(req).await?)
+}
+
+/// The `526` the Workers runtime answers a subrequest with when the origin's certificate does not
+/// verify, as a real response read from an in-memory connection.
+async fn invalid_certificate_response() -> Result<Response<Incoming>, NetError> {
+    let (client, server) = tokio::io::duplex(4096);
+    tokio::spawn(async move {
+        let svc = service_fn(|_req| async {
+            let r = text_response(
+                StatusCode::from_u16(INVALID_CERTIFICATE_STATUS).unwrap_or(StatusCode::BAD_GATEWAY),
+                "error code: 526",
+            );
+            Ok::<_, Infallible>(r)
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), svc)
+            .await;
+    });
+    let req = Request::builder()
+        .uri("/")
+        .header(header::HOST, "invalid-certificate")
+        .body(full(Bytes::new()))
+        .map_err(|e| NetError::Url(e.to_string()))?;
+    send_on(client, req).await
 }
 
 /// Whether a request asks for a protocol upgrade.
@@ -358,11 +463,21 @@ pub type Handler = Arc<
 
 /// Serves HTTP/1.1 (with upgrades) on `listener` until `stop` turns true; then every connection is
 /// closed at once (a simulated server that goes away does not drain).
-/// Serves `handler` on `listener` until `stop` turns true. The returned task ends once the
-/// listener is closed and every connection is gone: await it to know the server has stopped.
+/// The returned task ends once the listener is closed and every connection is gone: await it to
+/// know the server has stopped.
 pub fn serve_http(
     listener: TcpListener,
     handler: Handler,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    serve(listener, handler, None, stop)
+}
+
+/// The accept loop of [`serve_http`] and [`serve_https`].
+fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    tls: Option<Arc<dyn TlsPolicy>>,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -375,15 +490,16 @@ pub fn serve_http(
                     let Ok((stream, peer)) = acc else { continue };
                     let _ = stream.set_nodelay(true);
                     let h = handler.clone();
+                    let tls = tls.clone();
                     conns.spawn(async move {
-                        let svc = service_fn(move |req| {
-                            let h = h.clone();
-                            async move { Ok::<_, Infallible>(h(req, peer).await) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .with_upgrades()
-                            .await;
+                        let Some(policy) = tls else {
+                            return serve_connection(stream, h, peer, None).await;
+                        };
+                        if let Some((stream, session)) =
+                            crate::tls::accept(stream, peer, &*policy).await
+                        {
+                            serve_connection(stream, h, peer, Some(session)).await;
+                        }
                     });
                 }
             }
@@ -392,6 +508,35 @@ pub fn serve_http(
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     })
+}
+
+/// Serves one connection; a TLS connection's requests carry its [`TlsSession`].
+async fn serve_connection<S>(stream: S, h: Handler, peer: SocketAddr, session: Option<TlsSession>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        let h = h.clone();
+        if let Some(s) = &session {
+            req.extensions_mut().insert(s.clone());
+        }
+        async move { Ok::<_, Infallible>(h(req, peer).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades()
+        .await;
+}
+
+/// Serves HTTP/1.1 over TLS on `listener`, the certificate picked per connection by `policy`, until
+/// `stop` turns true (as [`serve_http`]).
+pub fn serve_https(
+    listener: TcpListener,
+    handler: Handler,
+    policy: Arc<dyn TlsPolicy>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    serve(listener, handler, Some(policy), stop)
 }
 
 fn socket_for(addr: SocketAddr) -> std::io::Result<socket2::Socket> {

@@ -73,11 +73,12 @@ pub fn render(doc: &StepDoc, style: Style) -> String {
     for h in &doc.hops {
         match h {
             Event::Edge(e) => {
-                let route = e
-                    .route
-                    .as_deref()
-                    .map(|r| format!("route {r}"))
-                    .unwrap_or_else(|| "no worker route".into());
+                let route = match (&e.route, e.method.as_str()) {
+                    (Some(r), _) => format!("route {r}"),
+                    // A refused TLS handshake: no request, so no route was looked for.
+                    (None, "TLS") => "TLS handshake".into(),
+                    (None, _) => "no worker route".into(),
+                };
                 let _ = writeln!(o, "  {} {route} → {}", style.hop("edge"), e.decision);
             }
             Event::Router(r) => {

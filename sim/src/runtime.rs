@@ -15,7 +15,7 @@ use crate::db::Database;
 use crate::edge::EdgeCtx;
 use crate::machine::{Machine, RemoteMachine};
 use crate::model::{Fault, FaultError, FaultOwner, Generation, ProviderKind};
-use crate::net::{Handler, SimNetwork, bind_local, serve_http};
+use crate::net::{Handler, SimNetwork, bind_local, serve_http, serve_https};
 use crate::platform::{Accounts, Platform};
 use crate::providers::Endpoint;
 use crate::providers::daytona::{DAYTONA_PROXY_DOMAIN, DaytonaProxy};
@@ -27,6 +27,7 @@ use crate::router::cache::ResolutionCache;
 use crate::router::step::canonical::{normalize_host, public_origin};
 use crate::router::step::matchers::parse_matchers;
 use crate::router::step::transport::Transport;
+use crate::tls::SimCa;
 use crate::trace::{Redactor, TraceStore};
 use crate::worker::WorkerCtx;
 use crate::world::WorldSpec;
@@ -34,7 +35,10 @@ use crate::world::WorldSpec;
 /// Addresses of the world's hops.
 #[derive(Debug, Clone, Copy)]
 pub struct Addrs {
+    /// The edge over plain HTTP (`Host` names the public hostname).
     pub edge: SocketAddr,
+    /// The edge over TLS (the certificate picked by SNI).
+    pub edge_tls: SocketAddr,
     pub router: SocketAddr,
     pub docker_engine: SocketAddr,
     pub fly_edge: SocketAddr,
@@ -52,6 +56,12 @@ pub enum StartError {
     },
     #[error("world {world:?}: {message}")]
     Env { world: String, message: String },
+    #[error("world {world:?}: TLS: {source}")]
+    Tls {
+        world: String,
+        #[source]
+        source: crate::tls::TlsError,
+    },
     #[error("world {world:?}: cannot bind a loopback port: {source}")]
     Bind {
         world: String,
@@ -85,6 +95,10 @@ pub struct World {
     pub generation: Generation,
     spec: WorldSpec,
     trace: Arc<TraceStore>,
+    /// This run's certificate authority.
+    ca: Arc<SimCa>,
+    /// A client configuration trusting `ca` only.
+    tls_client: Arc<rustls::ClientConfig>,
     platform: Arc<Platform>,
     db: Arc<Database>,
     /// In world-file order.
@@ -154,18 +168,52 @@ impl World {
             }
             None => bind_local().await.map_err(bind_err)?,
         };
+        let (l_edge_tls, edge_tls) = bind_local().await.map_err(bind_err)?;
         let (l_router, router) = bind_local().await.map_err(bind_err)?;
         let (l_engine, docker_engine) = bind_local().await.map_err(bind_err)?;
         let (l_fly, fly_edge) = bind_local().await.map_err(bind_err)?;
         let (l_day, daytona_proxy) = bind_local().await.map_err(bind_err)?;
         let addrs = Addrs {
             edge,
+            edge_tls,
             router,
             docker_engine,
             fly_edge,
             daytona_proxy,
         };
+        let tls_err = |source| StartError::Tls {
+            world: world.clone(),
+            source,
+        };
+        let ca = Arc::new(SimCa::new().map_err(tls_err)?);
+        let tls_client = ca.client_config().map_err(tls_err)?;
         let net = Arc::new(SimNetwork::default());
+        // The OS router's subrequests verify Fly's and Daytona's certificates (the Workers runtime
+        // does); a failure is the provider's hop in the trace.
+        net.set_tls_client(tls_client.clone());
+        let hook_trace = trace.clone();
+        net.on_tls_failure(Arc::new(move |id, host, error| {
+            let Some(id) = id else { return };
+            let provider = if host.ends_with(&format!(".{FLY_BASE_DOMAIN}")) {
+                ProviderKind::Fly
+            } else if host.ends_with(&format!(".{DAYTONA_PROXY_DOMAIN}")) {
+                ProviderKind::Daytona
+            } else {
+                ProviderKind::Docker
+            };
+            hook_trace.record(
+                id,
+                crate::trace::Event::Provider(crate::trace::ProviderEvent {
+                    provider: provider.as_str().into(),
+                    request: format!("TLS handshake with {host}"),
+                    decision: format!(
+                        "the OS router's fetch did not accept the certificate ({error}) → the Workers runtime answers 526 (invalid SSL certificate)"
+                    ),
+                    added_headers: vec![],
+                    status: Some(crate::net::INVALID_CERTIFICATE_STATUS),
+                }),
+            );
+        }));
         net.add_exact(ENGINE_HOST, docker_engine);
         net.add_suffix(FLY_BASE_DOMAIN, fly_edge);
         net.add_suffix(DAYTONA_PROXY_DOMAIN, daytona_proxy);
@@ -203,6 +251,17 @@ impl World {
             platform.clone(),
             &machines,
         ));
+        let edge_tls_policy = Arc::new(crate::edge::EdgeTls {
+            certificates: spec.edge_certificates(),
+            ca: ca.clone(),
+            trace: trace.clone(),
+        });
+        let fly_tls = fly
+            .endpoint
+            .tls_policy(ca.clone(), vec![format!("*.{FLY_BASE_DOMAIN}")]);
+        let daytona_tls = daytona
+            .endpoint
+            .tls_policy(ca.clone(), vec![format!("*.{DAYTONA_PROXY_DOMAIN}")]);
         let edge_ctx = Arc::new(EdgeCtx {
             routes,
             origin_timeout: Duration::from_millis(spec.edge.origin_timeout_ms),
@@ -248,15 +307,23 @@ impl World {
             trace: trace.clone(),
         });
         let mut stops = Vec::new();
-        let mut start = |l: tokio::net::TcpListener, h: Handler| {
-            let (tx, rx) = watch::channel(false);
-            serve_http(l, h, rx);
-            stops.push(tx);
-        };
-        start(
-            l_edge,
-            Arc::new(move |req, peer| Box::pin(crate::edge::handle(edge_ctx.clone(), req, peer))),
-        );
+        let mut start_tls =
+            |l: tokio::net::TcpListener,
+             h: Handler,
+             policy: Option<Arc<dyn crate::net::TlsPolicy>>| {
+                let (tx, rx) = watch::channel(false);
+                // Detached: these servers stop with the world (`stops`).
+                drop(match policy {
+                    Some(p) => serve_https(l, h, p, rx),
+                    None => serve_http(l, h, rx),
+                });
+                stops.push(tx);
+            };
+        let edge_handler: Handler =
+            Arc::new(move |req, peer| Box::pin(crate::edge::handle(edge_ctx.clone(), req, peer)));
+        start_tls(l_edge, edge_handler.clone(), None);
+        start_tls(l_edge_tls, edge_handler, Some(edge_tls_policy));
+        let mut start = |l, h| start_tls(l, h, None);
         start(
             l_router,
             Arc::new(move |req, peer| {
@@ -271,14 +338,15 @@ impl World {
             }),
         );
         let c = fly.clone();
-        start(
+        start_tls(
             l_fly,
             Arc::new(move |req, peer| {
                 Box::pin(crate::providers::fly::edge_handle(c.clone(), req, peer))
             }),
+            Some(fly_tls),
         );
         let c = daytona.clone();
-        start(
+        start_tls(
             l_day,
             Arc::new(move |req, peer| {
                 Box::pin(crate::providers::daytona::proxy_handle(
@@ -287,12 +355,15 @@ impl World {
                     peer,
                 ))
             }),
+            Some(daytona_tls),
         );
         let w = World {
             addrs,
             generation,
             spec,
             trace,
+            ca,
+            tls_client,
             platform,
             db,
             machines,
@@ -328,6 +399,21 @@ impl World {
         &self.trace
     }
 
+    /// This run's certificate authority (its root: [`SimCa::root_pem`]).
+    pub fn ca(&self) -> &Arc<SimCa> {
+        &self.ca
+    }
+
+    /// A client configuration that trusts this run's CA only.
+    pub fn tls_client(&self) -> Arc<rustls::ClientConfig> {
+        self.tls_client.clone()
+    }
+
+    /// Whether `https://`/`wss://` steps through the edge go over TLS (`[edge.tls] enabled`).
+    pub fn tls_enabled(&self) -> bool {
+        self.spec.edge.tls.enabled
+    }
+
     pub fn machine(&self, id: &str) -> Option<Arc<Machine>> {
         self.machines.iter().find(|m| m.spec.id == id).cloned()
     }
@@ -346,6 +432,15 @@ impl World {
         };
         if let Some((id, _)) = f.names() {
             machine(id)?;
+        }
+        if let FaultOwner::Provider(
+            ProviderKind::Docker,
+            crate::model::ProviderFault::Certificate(_),
+        ) = f.owner()
+        {
+            return Err(FaultError::NoCertificate {
+                provider: "docker".into(),
+            });
         }
         match f.owner() {
             FaultOwner::Provider(kind, fault) => self.endpoint(kind).apply(fault),
@@ -387,6 +482,7 @@ impl World {
     pub fn redactor(&self) -> Redactor {
         let mut r = Redactor::default();
         r.add_port(self.addrs.edge.port(), "edge");
+        r.add_port(self.addrs.edge_tls.port(), "edge-tls");
         r.add_port(self.addrs.router.port(), "os-router");
         r.add_port(self.addrs.docker_engine.port(), "docker-engine");
         r.add_port(self.addrs.fly_edge.port(), "fly-edge");

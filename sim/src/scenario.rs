@@ -112,6 +112,10 @@ pub struct Expect {
     /// other violation still fails the step.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub violations: BTreeMap<String, Vec<String>>,
+    /// The edge refuses the TLS handshake (no certificate covers the name): the client gets a
+    /// fatal `handshake_failure` alert and no response.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tls_refused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -58,6 +58,9 @@ pub struct EdgeEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     pub decision: String,
+    /// Over TLS: the SNI, the certificate the edge presented, and the protocol version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
     /// Headers the edge added towards the OS router.
     #[serde(serialize_with = "header_lines", skip_serializing_if = "Vec::is_empty")]
     pub added_headers: Vec<(String, String)>,
@@ -409,6 +412,9 @@ struct Inner {
     /// the request is done) and the requests already logged.
     log_pending: HashMap<String, Vec<Event>>,
     logged: std::collections::HashSet<String>,
+    /// Connections announced by a client before its TLS handshake, by the client's address: a
+    /// handshake the edge refuses has no request (and no trace header) to carry the id.
+    connections: HashMap<std::net::SocketAddr, String>,
 }
 
 /// All events of a world, per request id.
@@ -433,6 +439,18 @@ impl TraceStore {
             g.opened.insert(id.clone(), std::time::Instant::now());
         }
         id
+    }
+
+    /// A client about to start a TLS handshake from `client` says which request id it is for.
+    pub fn announce_connection(&self, client: std::net::SocketAddr, id: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.connections.insert(client, id.to_string());
+        }
+    }
+
+    /// The id announced for a connection from `peer` (taken), if any.
+    pub fn connection_id(&self, peer: std::net::SocketAddr) -> Option<String> {
+        self.inner.lock().ok()?.connections.remove(&peer)
     }
 
     /// How many ids [`TraceStore::next_id`] has issued (the last one is `r<issued>`).
@@ -816,6 +834,7 @@ mod tests {
             route: None,
             decision: "forwarded to the OS router".into(),
             added_headers: vec![],
+            tls: None,
         })
     }
 

@@ -125,6 +125,112 @@ pub struct EdgeSpec {
     /// 100 s).
     #[serde(default = "EdgeSpec::default_origin_timeout_ms")]
     pub origin_timeout_ms: u64,
+    /// TLS at the edge and its certificates (`[edge.tls]`).
+    #[serde(default)]
+    pub tls: EdgeTlsSpec,
+}
+
+/// `[edge.tls]`: whether `https://` steps go over TLS, and the edge's certificates as Cloudflare
+/// issues them. With none of `universal`, `total_tls`, `advanced` given, the world declares no
+/// certificates and every name in its zones is covered (see `docs/behaviour.md` §8).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeTlsSpec {
+    /// `false`: `https://` steps go over plain HTTP to the edge, as before TLS was modelled.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The zones (default: the last two labels of every worker route's host and of
+    /// `VITE_PUBLIC_URL`'s host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zones: Option<Vec<String>>,
+    /// Universal SSL: `<zone>` and `*.<zone>` for each zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub universal: Option<bool>,
+    /// Total TLS: a certificate for each proxied DNS record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_tls: Option<bool>,
+    /// The proxied DNS records (default: every worker route's host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxied: Option<Vec<String>>,
+    /// Advanced certificates, each with its SAN list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advanced: Vec<AdvancedCertSpec>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for EdgeTlsSpec {
+    fn default() -> Self {
+        EdgeTlsSpec {
+            enabled: true,
+            zones: None,
+            universal: None,
+            total_tls: None,
+            proxied: None,
+            advanced: vec![],
+        }
+    }
+}
+
+/// An advanced certificate: a name (shown in traces) and its SANs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdvancedCertSpec {
+    pub name: String,
+    pub sans: Vec<String>,
+}
+
+impl WorldSpec {
+    /// The hosts of the worker routes (`*.iterate.town/*` → `*.iterate.town`).
+    fn route_hosts(&self) -> Vec<String> {
+        self.env
+            .os_worker_routes
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let r = r.split_once("://").map(|(_, x)| x).unwrap_or(r);
+                r.split('/').next().unwrap_or(r).to_ascii_lowercase()
+            })
+            .collect()
+    }
+
+    /// The edge's certificates, from `[edge.tls]`.
+    pub fn edge_certificates(&self) -> crate::tls::EdgeCertificates {
+        let t = &self.edge.tls;
+        let zones = t.zones.clone().unwrap_or_else(|| {
+            let public = url::Url::parse(self.env.public_url())
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string));
+            let mut z: Vec<String> = Vec::new();
+            for h in self.route_hosts().iter().chain(public.iter()) {
+                if let Some(zone) = crate::tls::zone_of(h)
+                    && !z.contains(&zone)
+                {
+                    z.push(zone);
+                }
+            }
+            z
+        });
+        if t.universal.is_none() && t.total_tls.is_none() && t.advanced.is_empty() {
+            return crate::tls::EdgeCertificates::any_in_zones(&zones);
+        }
+        let proxied = t.proxied.clone().unwrap_or_else(|| self.route_hosts());
+        let advanced: Vec<(String, Vec<String>)> = t
+            .advanced
+            .iter()
+            .map(|a| (a.name.clone(), a.sans.clone()))
+            .collect();
+        crate::tls::EdgeCertificates::cloudflare(
+            &zones,
+            t.universal.unwrap_or(true),
+            t.total_tls.unwrap_or(false),
+            &proxied,
+            &advanced,
+        )
+    }
 }
 
 impl EdgeSpec {
@@ -137,6 +243,7 @@ impl Default for EdgeSpec {
     fn default() -> Self {
         EdgeSpec {
             origin_timeout_ms: Self::default_origin_timeout_ms(),
+            tls: EdgeTlsSpec::default(),
         }
     }
 }
@@ -156,6 +263,18 @@ impl WorldSpec {
     }
 
     fn validate(&self) -> Result<(), String> {
+        for a in &self.edge.tls.advanced {
+            if a.sans.is_empty() {
+                return Err(format!(
+                    "edge.tls.advanced {:?}: a certificate needs at least one SAN",
+                    a.name
+                ));
+            }
+            for san in &a.sans {
+                crate::tls::issuable(san)
+                    .map_err(|why| format!("edge.tls.advanced {:?}: {why}", a.name))?;
+            }
+        }
         if let Some(d) = &self.env.ingress_domain
             && crate::router::step::canonical::normalize_host(d).is_none()
         {

@@ -70,6 +70,16 @@ fn trace_human_format_names_the_refusing_hop() {
         "https://nowhere.example.org/",
     ]);
     assert!(
+        out.ends_with("refused by edge: TLS handshake for SNI nowhere.example.org: no certificate covers nowhere.example.org (not in the world's zones: iterate.town, iterate.app, iterate.com) → fatal alert handshake_failure\n"),
+        "{out}"
+    );
+    let (_, out, _) = run(&[
+        "trace",
+        "--world",
+        w.to_str().unwrap(),
+        "https://iterate.app/",
+    ]);
+    assert!(
         out.ends_with("refused by edge: edge_no_route (no worker route matches)\n"),
         "{out}"
     );

@@ -21,6 +21,12 @@ pub enum Fault {
     },
     /// Undo every provider fault for this provider.
     ProviderHealthy { provider: ProviderKind },
+    /// The provider's HTTPS endpoint (Fly's edge, Daytona's preview proxy) presents a certificate
+    /// that does not verify. Docker is plain HTTP and has none.
+    ProviderCertificate {
+        provider: ProviderKind,
+        certificate: BadCertificate,
+    },
     /// The Docker container has no host port for 8080 (`No host port mapped for 8080`).
     DockerNoPortMapping { machine: String },
     /// The platform's record of the machine changes state.
@@ -66,6 +72,28 @@ fn reserved_default() -> u32 {
     3
 }
 
+/// How a certificate a server presents is broken (the `provider_certificate` fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadCertificate {
+    /// Signed by a CA nobody trusts (its own key).
+    SelfSigned,
+    /// From the sim CA, but for another name.
+    WrongName,
+    /// From the sim CA, for the right name, expired on 2020-01-01.
+    Expired,
+}
+
+impl BadCertificate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadCertificate::SelfSigned => "self_signed",
+            BadCertificate::WrongName => "wrong_name",
+            BadCertificate::Expired => "expired",
+        }
+    }
+}
+
 /// Who carries a fault out, and what it is to them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultOwner<'a> {
@@ -99,6 +127,7 @@ pub enum ProviderFault {
     Refuses,
     Status(u16),
     Slow { delay_ms: u64 },
+    Certificate(BadCertificate),
     Healthy,
 }
 
@@ -153,6 +182,10 @@ impl Fault {
                 },
             ),
             Fault::ProviderHealthy { provider } => O::Provider(*provider, ProviderFault::Healthy),
+            Fault::ProviderCertificate {
+                provider,
+                certificate,
+            } => O::Provider(*provider, ProviderFault::Certificate(*certificate)),
             Fault::DockerNoPortMapping { machine } => O::DockerEngine {
                 machine,
                 fault: EngineFault::NoPortMapping,
@@ -231,6 +264,8 @@ pub enum FaultError {
     },
     #[error("container fault on {machine:?}: the machine's provider is not docker")]
     NotDocker { machine: String },
+    #[error("the {provider} provider is plain HTTP: it presents no certificate")]
+    NoCertificate { provider: String },
     #[error("machine {machine:?}: {message}")]
     Machine { machine: String, message: String },
 }

@@ -15,7 +15,8 @@ pub use account::{
 };
 pub use app::{AppKind, AppSpec, Bind};
 pub use fault::{
-    AppFault, DbFault, EngineFault, Fault, FaultError, FaultOwner, MachineFault, ProviderFault,
+    AppFault, BadCertificate, DbFault, EngineFault, Fault, FaultError, FaultOwner, MachineFault,
+    ProviderFault,
 };
 pub use generation::Generation;
 pub use machine::{

@@ -20,8 +20,11 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 use crate::machine::Machine;
-use crate::model::{ProviderFault, ProviderKind};
-use crate::net::{BoxBody, SimNetwork, boxed, is_upgrade, relay_response, text_response};
+use crate::model::{BadCertificate, ProviderFault, ProviderKind};
+use crate::net::{
+    BoxBody, SimNetwork, TlsPolicy, TlsSession, boxed, is_upgrade, relay_response, text_response,
+};
+use crate::tls::SimCa;
 use crate::trace::{Event, ProviderEvent, TRACE_HEADER, TraceStore};
 
 /// The part of a provider that answers (Docker: the Engine API; Fly: the edge; Daytona: the
@@ -33,6 +36,8 @@ pub struct Endpoint {
     net: Arc<SimNetwork>,
     trace: Arc<TraceStore>,
     faults: RwLock<Switched>,
+    /// The `provider_certificate` fault: the certificate its HTTPS endpoint presents instead.
+    certificate: Arc<RwLock<Option<BadCertificate>>>,
 }
 
 #[derive(Default)]
@@ -54,7 +59,18 @@ impl Endpoint {
             net,
             trace,
             faults: RwLock::new(Switched::default()),
+            certificate: Arc::new(RwLock::new(None)),
         }
+    }
+
+    /// The TLS policy of this provider's HTTPS endpoint: a certificate for `sans` from the sim CA,
+    /// unless the `provider_certificate` fault says otherwise.
+    pub fn tls_policy(&self, ca: Arc<SimCa>, sans: Vec<String>) -> Arc<dyn TlsPolicy> {
+        Arc::new(ProviderTls {
+            ca,
+            sans,
+            bad: self.certificate.clone(),
+        })
     }
 
     /// Switches a fault on (or, `Healthy`, every fault off).
@@ -70,9 +86,17 @@ impl Endpoint {
             ProviderFault::Slow { delay_ms } => {
                 set(&|s| s.delay = Some(Duration::from_millis(delay_ms)))
             }
+            ProviderFault::Certificate(bad) => {
+                if let Ok(mut c) = self.certificate.write() {
+                    *c = Some(bad);
+                }
+            }
             ProviderFault::Healthy => {
                 set(&|s| *s = Switched::default());
                 self.net.set_refused(self.addr, false);
+                if let Ok(mut c) = self.certificate.write() {
+                    *c = None;
+                }
             }
         }
     }
@@ -85,6 +109,40 @@ impl Endpoint {
     /// The `provider_status` answer, if switched on.
     pub fn status(&self) -> Option<u16> {
         self.faults.read().ok()?.status
+    }
+}
+
+/// A provider's HTTPS endpoint: one certificate (a wildcard for its domain) for every SNI.
+struct ProviderTls {
+    ca: Arc<SimCa>,
+    sans: Vec<String>,
+    bad: Arc<RwLock<Option<BadCertificate>>>,
+}
+
+impl TlsPolicy for ProviderTls {
+    fn choose(
+        &self,
+        sni: Option<&str>,
+        _peer: SocketAddr,
+    ) -> Result<(Arc<rustls::ServerConfig>, TlsSession), String> {
+        let bad = self.bad.read().ok().and_then(|b| *b);
+        let cfg = self
+            .ca
+            .server_config(&self.sans, bad)
+            .map_err(|e| e.to_string())?;
+        Ok((
+            cfg,
+            TlsSession {
+                sni: sni.map(str::to_string),
+                certificate: format!(
+                    "{}{}",
+                    self.sans.join(", "),
+                    bad.map(|b| format!(" ({})", b.as_str()))
+                        .unwrap_or_default()
+                ),
+                version: String::new(),
+            },
+        ))
     }
 }
 
