@@ -257,9 +257,10 @@ impl WorldSpec {
         WorldSpec::parse(&text, path)
     }
 
-    /// Parses and validates; `path` is used in messages only.
+    /// Parses and validates; `path` is used in messages only. A semantic error names the line of
+    /// its field and counts from 1 (`machines[0].project: … (machine 1, project)`).
     pub fn parse(text: &str, path: &Path) -> Result<WorldSpec, WorldError> {
-        crate::fixture_file::parse(text, path, WorldSpec::validate)
+        crate::fixture_file::parse_located(text, path, WorldSpec::validate)
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -375,8 +376,11 @@ impl WorldSpec {
                 return Err(format!("machines[{i}].id: duplicate machine id {:?}", m.id));
             }
             if !projects.contains_key(m.project.as_str()) {
+                let hint = crate::fixture_file::did_you_mean(&m.project, projects.keys().copied())
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
                 return Err(format!(
-                    "machines[{i}].project: unknown project {:?} (declare it under [[projects]])",
+                    "machines[{i}].project: unknown project {:?} (declare it under [[projects]]){hint}",
                     m.project
                 ));
             }
@@ -401,7 +405,13 @@ impl WorldSpec {
         for (i, f) in self.faults.iter().enumerate() {
             if let Some((m, port)) = f.names() {
                 let Some(spec) = self.machine(m) else {
-                    return Err(format!("faults[{i}].machine: unknown machine {m:?}"));
+                    let hint = crate::fixture_file::did_you_mean(
+                        m,
+                        self.machines.iter().map(|x| x.id.as_str()),
+                    )
+                    .map(|s| format!("; did you mean {s:?}?"))
+                    .unwrap_or_default();
+                    return Err(format!("faults[{i}].machine: unknown machine {m:?}{hint}"));
                 };
                 if let Some(p) = port
                     && !spec.apps.iter().any(|a| a.port == p)
@@ -509,10 +519,22 @@ apps = [{ port = 3000, kind = "echo" }, { port = 4096, kind = "sse", gated = tru
         let e = WorldSpec::parse(&bad, Path::new("w.toml"))
             .unwrap_err()
             .to_string();
+        let line = MINI
+            .lines()
+            .position(|l| l.trim_start().starts_with("project = \"misha\""))
+            .map(|i| i + 1)
+            .unwrap_or(0);
         assert_eq!(
             e,
-            "w.toml: machines[0].project: unknown project \"nobody\" (declare it under [[projects]])"
+            format!(
+                "w.toml:{line}:1: machines[0].project: unknown project \"nobody\" (declare it under [[projects]]) (machine 1, project)"
+            )
         );
+        let bad = MINI.replace("project = \"misha\"", "project = \"mish\"");
+        let e = WorldSpec::parse(&bad, Path::new("w.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did you mean \"misha\"?"), "{e}");
         let bad = MINI.replace("id = \"mach_1\"", "id = \"m1\"");
         let e = WorldSpec::parse(&bad, Path::new("w.toml"))
             .unwrap_err()
