@@ -70,7 +70,7 @@ impl BufferedAccessLog {
     ) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                filling: Vec::with_capacity(buffer.max(512)),
+                filling: Vec::with_capacity(buffer.clamp(512, 64 * 1024)),
                 flush_asked: 0,
                 flushed: 0,
                 closed: false,
@@ -96,7 +96,9 @@ impl BufferedAccessLog {
         self.shared.dropped.load(Ordering::Relaxed)
     }
 
-    /// Flushes and stops the writer thread (idempotent).
+    /// Flushes and stops the writer thread (idempotent). Waits at most 5 s: a writer stuck on a
+    /// sink that never drains (a full pipe nobody reads) is left behind rather than holding up
+    /// the process's exit.
     pub fn close(&self) {
         if let Ok(mut st) = self.shared.state.lock() {
             st.closed = true;
@@ -104,7 +106,13 @@ impl BufferedAccessLog {
         self.shared.wake.notify_all();
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         if let Some(h) = handle {
-            let _ = h.join();
+            let give_up = std::time::Instant::now() + Duration::from_secs(5);
+            while !h.is_finished() && std::time::Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if h.is_finished() {
+                let _ = h.join();
+            }
         }
     }
 }
@@ -126,7 +134,7 @@ impl AccessLog for BufferedAccessLog {
         };
         // The most the requests may gather while the writer is busy: one buffer beyond the
         // threshold (and at least 64 KiB, so that an unbuffered log still absorbs a burst).
-        let cap = (2 * self.buffer).max(64 * 1024);
+        let cap = self.buffer.saturating_mul(2).max(64 * 1024);
         if st.filling.len() >= cap || st.closed {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
@@ -176,6 +184,8 @@ impl AccessLog for BufferedAccessLog {
 /// gathered in one call, outside the lock (the requests fill a fresh buffer meanwhile).
 fn write_loop(shared: &Shared, mut sink: Sink, buffer: usize, interval: Duration) {
     let threshold = buffer.max(1);
+    // A zero interval would make this loop spin (and contend for the lock the requests take).
+    let interval = interval.max(Duration::from_millis(1));
     let mut out: Vec<u8> = Vec::new();
     loop {
         let (asked, closing) = {
@@ -195,7 +205,7 @@ fn write_loop(shared: &Shared, mut sink: Sink, buffer: usize, interval: Duration
             let _ = sink.write_all(&out);
             let _ = sink.flush();
             out.clear();
-            if out.capacity() > 4 * threshold.max(64 * 1024) {
+            if out.capacity() > threshold.max(64 * 1024).saturating_mul(4) {
                 out = Vec::new();
             }
         }
@@ -359,6 +369,40 @@ mod tests {
         );
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339_micros(leap), "2000-02-29T00:00:00.000000Z");
+    }
+
+    /// A buffer too large to double, and a zero interval, neither panic nor spin: one line still
+    /// arrives, and closing returns.
+    #[test]
+    fn extreme_settings_stay_safe() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = BufferedAccessLog::new(
+            Box::new(Shared(out.clone())),
+            LineFormat::Json,
+            usize::MAX,
+            Duration::ZERO,
+        )
+        .unwrap();
+        log.record(&RequestRecord::new("r1".into(), "GET", "/x", None));
+        // flush() returns once the writer has written (it gives up only after 5 s).
+        let t = std::time::Instant::now();
+        log.flush();
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "the writer did not answer the flush"
+        );
+        assert!(String::from_utf8_lossy(&out.lock().unwrap()).contains("\"request_id\":\"r1\""));
+        log.close();
     }
 
     #[test]

@@ -15,9 +15,10 @@
 //!   large, `CONNECT`, a `Transfer-Encoding` that does not end in `chunked`, a bad
 //!   `Content-Length`): the head passes and nothing after it; the connection's [`EndFlag`] is set,
 //!   so the handler's answer says `connection: close` and hyper closes after it;
-//! - a request that asks for an upgrade: after it (and its body) the bytes pass unexamined, as they
-//!   belong to the tunnel; the handler closes the connection when the upgrade does not happen, so no
-//!   further request is ever read past the guard.
+//! - a request that asks for an upgrade (by the guard's own reading of the bytes): after it (and its
+//!   body) the bytes pass unexamined, as they belong to the tunnel, and the [`EndFlag`] is set, so
+//!   every answer but a `101` closes the connection: no further request is ever read past the
+//!   guard, whatever the handler made of the request's fields.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -28,7 +29,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::chunked::ChunkedScanner;
 
-/// Header fields parsed per head (more: hyper refuses the request with 431).
+/// Header fields parsed per head on the stack; a larger `--max-request-headers` is parsed with a
+/// heap buffer of that size (so the guard never refuses a head hyper accepts).
 const MAX_HEADERS: usize = 128;
 
 #[derive(Debug)]
@@ -60,10 +62,12 @@ pub(crate) struct FramingGuard<R> {
     head: Vec<u8>,
     /// Longest head accepted (hyper refuses longer ones).
     head_limit: usize,
+    /// Most header fields hyper accepts.
+    max_headers: usize,
 }
 
 impl<R> FramingGuard<R> {
-    pub(crate) fn new(inner: R, head_limit: usize, ends: EndFlag) -> Self {
+    pub(crate) fn new(inner: R, head_limit: usize, max_headers: usize, ends: EndFlag) -> Self {
         FramingGuard {
             inner,
             ends,
@@ -71,12 +75,15 @@ impl<R> FramingGuard<R> {
             upgrade: false,
             head: Vec::new(),
             head_limit,
+            max_headers,
         }
     }
 
-    /// The state after a message ends.
+    /// The state after a message ends. Past an upgrade request the connection ends after the
+    /// answer unless that answer is a `101`.
     fn after_message(&self) -> State {
         if self.upgrade {
+            self.ends.store(true, std::sync::atomic::Ordering::Relaxed);
             State::Tunnel
         } else {
             State::Head
@@ -143,12 +150,17 @@ impl<R> FramingGuard<R> {
     /// state for what follows it.
     fn frame_head(&mut self) -> Option<(usize, State)> {
         let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut heap: Vec<MaybeUninit<httparse::Header<'_>>> = Vec::new();
+        let headers: &mut [MaybeUninit<httparse::Header<'_>>] = if self.max_headers > MAX_HEADERS {
+            heap.resize_with(self.max_headers, MaybeUninit::uninit);
+            &mut heap
+        } else {
+            &mut storage
+        };
         let mut req = httparse::Request::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut req,
-            &self.head,
-            &mut storage,
-        ) {
+        let len = match httparse::ParserConfig::default()
+            .parse_request_with_uninit_headers(&mut req, &self.head, headers)
+        {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return None,
             // hyper refuses it too, and closes.
@@ -260,7 +272,7 @@ mod tests {
 
     /// What passes the guard when `input` arrives in one read, and whether it then fails.
     fn pass(input: &[u8]) -> (String, bool) {
-        let mut g = FramingGuard::new((), 32 * 1024, EndFlag::default());
+        let mut g = FramingGuard::new((), 32 * 1024, 100, EndFlag::default());
         let n = g.inspect(input);
         (
             String::from_utf8_lossy(&input[..n]).into_owned(),
@@ -305,7 +317,7 @@ mod tests {
     #[test]
     fn an_upgrade_request_starts_the_tunnel() {
         let input = b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello";
-        let mut g = FramingGuard::new((), 32 * 1024, EndFlag::default());
+        let mut g = FramingGuard::new((), 32 * 1024, 100, EndFlag::default());
         assert_eq!(g.inspect(input), input.len());
         assert!(matches!(g.state, State::Tunnel));
     }

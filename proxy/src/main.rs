@@ -114,7 +114,7 @@ struct Args {
 
     /// The longest an access-log line waits in the buffer (nginx's `flush=`). SIGTERM/SIGINT write
     /// out what is left before the process exits.
-    #[arg(long, env = "PROJECT_INGRESS_PROXY_ACCESS_LOG_FLUSH", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "PROJECT_INGRESS_PROXY_ACCESS_LOG_FLUSH", default_value = "1s", value_parser = parse_flush)]
     access_log_flush: Duration,
 
     /// Log format.
@@ -144,6 +144,17 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => return Err(format!("invalid duration unit in {s:?}: use ms, s or m")),
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// A flush interval: a duration above zero (`--access-log-buffer 0` writes each line at once).
+fn parse_flush(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err(
+            "must be above 0 (to write each line at once, use --access-log-buffer 0)".into(),
+        );
+    }
+    Ok(d)
 }
 
 fn init_logging(format: LogFormat) {
@@ -294,6 +305,9 @@ mod tests {
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_flush("0").is_err());
+        assert!(parse_flush("0ms").is_err());
+        assert_eq!(parse_flush("250ms"), Ok(Duration::from_millis(250)));
     }
 
     #[test]

@@ -141,6 +141,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, mu
     let read = FramingGuard::new(
         Cursor::new(rest).chain(read),
         limits.max_request_head_bytes,
+        limits.max_request_headers,
         ends.clone(),
     );
     let io = TokioIo::new(tokio::io::join(read, write));

@@ -447,3 +447,32 @@ async fn access_records_say_why_the_app_failed() {
         }
     }
 }
+
+/// Found by review: a `Connection` field the handler cannot read as text (obs-text) but whose
+/// bytes name `upgrade` made the framing guard pass everything after it unchecked while hyper kept
+/// the connection, reopening finding 6. Past anything the guard reads as an upgrade request, the
+/// connection now ends after the answer (unless it is a `101`).
+#[tokio::test]
+async fn an_upgrade_only_the_guard_can_read_still_ends_the_connection() {
+    let app = app().await;
+    let p = proxy_for(app.addr).await;
+    for full in [false, true] {
+        let mut req = b"GET /first HTTP/1.1\r\nHost: h\r\n".to_vec();
+        req.extend_from_slice(T.as_bytes());
+        req.extend_from_slice(b"Connection: \x80, upgrade\r\n\r\n");
+        req.extend_from_slice(
+            format!(
+                "POST /trailers HTTP/1.1\r\nHost: h\r\n{T}Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\n\r\n\
+                 GET /smuggled HTTP/1.1\r\nHost: h\r\n{T}\r\nGET /fourth HTTP/1.1\r\nHost: h\r\n{T}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let r = talk(p.addr, full, &[&req], Duration::ZERO).await;
+        let got = responses(&r);
+        assert_eq!(got.len(), 1, "full={full}: {r}");
+        assert_eq!(got[0].status(), 200, "{r}");
+        assert!(got[0].closes(), "{r}");
+    }
+    let seen = app.seen.lock().unwrap().clone();
+    assert_eq!(seen, ["/first", "/first"], "{seen:?}");
+}
