@@ -79,11 +79,9 @@ impl<R> FramingGuard<R> {
         }
     }
 
-    /// The state after a message ends. Past an upgrade request the connection ends after the
-    /// answer unless that answer is a `101`.
+    /// The state after a message ends.
     fn after_message(&self) -> State {
         if self.upgrade {
-            self.ends.store(true, std::sync::atomic::Ordering::Relaxed);
             State::Tunnel
         } else {
             State::Head
@@ -190,6 +188,12 @@ impl<R> FramingGuard<R> {
             {
                 self.upgrade = true;
             }
+        }
+        if self.upgrade {
+            // Set with the head, before the handler answers: the connection ends after the answer
+            // unless that answer is a `101`. This is the one place the rule lives (the handler
+            // reads the flag, whatever it made of the request's fields).
+            self.ends.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let state = match (te, length) {
             (Some(te), _) => {

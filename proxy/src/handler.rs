@@ -25,13 +25,6 @@ use crate::upstream_body::{ClientBody, Progress, UpstreamBody, with_head_timeout
 
 pub(crate) type ProxyBody = LoggedBody<BoxBody>;
 
-/// Whether a request mentions an upgrade at all (an `Upgrade` field or a `Connection: upgrade`
-/// option), honoured or not: such a request is the last one read on its connection unless the app
-/// switches protocols.
-fn asks_upgrade(req: &Request<Incoming>) -> bool {
-    req.headers().contains_key(header::UPGRADE) || connection_has_token(req.headers(), "upgrade")
-}
-
 /// Whether a request asks to switch protocols. `h2c` is never honoured: an `Upgrade: h2c` request
 /// is forwarded as a plain HTTP/1.1 request with the upgrade stripped (no request smuggling
 /// through a tunnel the proxy cannot see into).
@@ -67,23 +60,16 @@ pub(crate) async fn handle(
         req.headers().get(&TARGET_HOST_HEADER).map(|v| v.as_bytes()),
     );
     let upgrade = wants_upgrade(&req);
-    let asks_upgrade = asks_upgrade(&req);
     let mut resp = match route(&shared, req, upgrade, &mut record, &bytes_in).await {
-        Ok(mut resp) => {
-            if asks_upgrade && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                // An upgrade that did not happen ends the connection: what the client sends next
-                // may already be the new protocol, and the framing guard has stopped reading
-                // requests (`guard.rs`).
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            resp
-        }
+        Ok(resp) => resp,
         Err(err) => {
             record.error = Some(err.code());
-            json_error(err, asks_upgrade)
+            json_error(err)
         }
     };
+    // The guard has stopped reading requests (an upgrade was asked for, honoured or not, or a head
+    // it cannot frame): unless this is the upgrade's `101`, the connection ends with this answer,
+    // since what the client sends next may already be the new protocol.
     if ends.load(Ordering::Relaxed) && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

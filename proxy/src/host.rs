@@ -36,42 +36,24 @@ pub fn valid_host(value: &[u8]) -> bool {
     port.iter().all(u8::is_ascii_digit)
 }
 
-fn unreserved(b: u8) -> bool {
+const fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn sub_delim(b: u8) -> bool {
+const fn sub_delim(b: u8) -> bool {
     matches!(
         b,
         b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
     )
 }
 
-/// The bytes of a `reg-name` other than `%` (unreserved and sub-delims), as a table: one load per
-/// byte on the request path.
+/// The bytes of a `reg-name` other than `%` ([`unreserved`] and [`sub_delim`]), as a table: one
+/// load per byte on the request path.
 const REG_NAME: [bool; 256] = {
     let mut t = [false; 256];
     let mut b = 0;
     while b < 256 {
-        let c = b as u8;
-        t[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            );
+        t[b] = unreserved(b as u8) || sub_delim(b as u8);
         b += 1;
     }
     t

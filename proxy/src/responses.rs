@@ -70,9 +70,9 @@ pub(crate) fn error_body(err: ProxyError) -> String {
     format!("{{\"error\":\"{}\"}}", err.code())
 }
 
-/// `{"error":"<code>"}` with `application/json` and an explicit length. With `close`, the
-/// connection is closed after the response (used for refused upgrades).
-pub fn json_error(err: ProxyError, close: bool) -> Response<BoxBody> {
+/// `{"error":"<code>"}` with `application/json` and an explicit length. (Whether the connection
+/// closes after it is the handler's decision, from the framing guard's.)
+pub fn json_error(err: ProxyError) -> Response<BoxBody> {
     let body = error_body(err);
     let mut resp = Response::new(full(body.clone()));
     *resp.status_mut() = err.status();
@@ -82,9 +82,6 @@ pub fn json_error(err: ProxyError, close: bool) -> Response<BoxBody> {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if close {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
     resp
 }
 
